@@ -1,0 +1,1 @@
+"""The server side: the only round loop, its ledger, evaluation and checkpoints."""

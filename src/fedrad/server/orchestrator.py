@@ -1,0 +1,136 @@
+"""The Orchestrator: the only round loop, the same over every transport.
+
+One round: 1) the strategy says whom to ask, 2) instructions go out through the transport,
+3) replies come back and are booked in the ledger, 4) failed sites become data, 5) the strategy
+aggregates the rest, 6) the models are evaluated on every site's test set, 7) the round is handed
+to `on_round` (which writes metrics and the checkpoint).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedrad.codec import CodecError, decode, encode
+from fedrad.server.evaluation import ModelEvaluation, evaluate_models
+from fedrad.server.ledger import Ledger
+from fedrad.strategies.base import FitResult, FitTask, ServerState, Strategy
+from fedrad.transport.inprocess import Transport
+from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure
+
+
+@dataclass
+class RunContext:
+    """What the loop needs besides the strategy: where messages go and where bytes are booked."""
+
+    transport: Transport
+    ledger: Ledger
+    task: object
+    job_hash: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    asked: list[str]
+    failures: list[SiteFailure]
+    train_metrics: dict[str, dict[str, float]]
+    evaluations: dict[str, ModelEvaluation] = field(default_factory=dict)
+    bytes: int = 0
+    wall_s: float = 0.0
+
+
+def instruction_seed(seed: int, round: int, site_id: str) -> int:
+    """A site's shuffling seed for a round: independent of which other sites were asked."""
+    return int(np.random.SeedSequence([seed, round, zlib.crc32(site_id.encode())]).generate_state(1)[0])
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        strategy: Strategy,
+        ctx: RunContext,
+        train_sites: Sequence[str],
+        eval_sites: Sequence[str],
+        rounds: int,
+        eval_every: int = 1,
+        on_round: Callable[[RoundRecord, ServerState], None] | None = None,
+    ):
+        self.strategy, self.ctx = strategy, ctx
+        self.train_sites, self.eval_sites = list(train_sites), list(eval_sites)
+        self.rounds, self.eval_every = rounds, eval_every
+        self.on_round = on_round
+
+    def run(self, state: ServerState, start_round: int = 0) -> ServerState:
+        for round in range(start_round, self.rounds):
+            state = self.round(round, state)
+        return state
+
+    def round(self, round: int, state: ServerState) -> ServerState:
+        started = time.perf_counter()
+        tasks = self.strategy.configure(round, state, self.train_sites)
+        instructions = self._instructions(round, tasks)
+        replies = self.ctx.transport.dispatch(instructions)
+        results, failures, train_metrics = self._collect(round, instructions, replies)
+        state = self.strategy.aggregate(round, state, results)
+        evaluations = {}
+        if (round + 1) % self.eval_every == 0 or round + 1 == self.rounds:
+            evaluations = evaluate_models(self.evaluation_models(state), self.eval_sites, round, self.ctx)
+        record = RoundRecord(
+            round=round,
+            asked=[t.site_id for t in tasks],
+            failures=failures,
+            train_metrics=train_metrics,
+            evaluations=evaluations,
+            bytes=self.ctx.ledger.round_bytes(round),
+            wall_s=time.perf_counter() - started,
+        )
+        if self.on_round is not None:
+            self.on_round(record, state)
+        return state
+
+    def evaluation_models(self, state: ServerState):
+        custom = getattr(self.strategy, "evaluation_models", None)
+        return custom(state) if custom is not None else state.models
+
+    def _instructions(self, round: int, tasks: Sequence[FitTask]) -> list[Instruction]:
+        encoded: dict[int, bytes] = {}  # one serialization per distinct model, however many sites get it
+        instructions = []
+        for task in tasks:
+            blob = encoded.setdefault(id(task.weights), encode(task.weights))
+            instructions.append(
+                Instruction(
+                    round=round,
+                    site_id=task.site_id,
+                    kind=InstructionKind.FIT,
+                    payload={DataKind.WEIGHTS: blob},
+                    fit=task.config,
+                    job_hash=self.ctx.job_hash,
+                    seed=instruction_seed(self.ctx.seed, round, task.site_id),
+                )
+            )
+        return instructions
+
+    def _collect(
+        self, round: int, instructions: Sequence[Instruction], replies: Sequence[Reply]
+    ) -> tuple[list[FitResult], list[SiteFailure], dict[str, dict[str, float]]]:
+        results, failures, metrics = [], [], {}
+        for instruction, reply in zip(instructions, replies, strict=True):
+            self.ctx.ledger.record_message(round, "train", reply.site_id, "received", instruction.nbytes())
+            self.ctx.ledger.record_message(round, "train", reply.site_id, "sent", reply.nbytes())
+            if not reply.ok:
+                failures.append(SiteFailure(reply.site_id, reply.error or "unknown error"))
+                continue
+            try:
+                weights = decode(reply.payload[DataKind.WEIGHTS])
+            except (KeyError, CodecError) as exc:
+                failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
+                continue
+            results.append(FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics)))
+            metrics[reply.site_id] = dict(reply.metrics)
+        return results, failures, metrics

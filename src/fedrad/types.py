@@ -1,0 +1,88 @@
+"""The typed messages that cross the site boundary, and the records a round produces.
+
+Instructions go from the server to a site, Replies come back. Both are frozen dataclasses whose
+tensors are safetensors bytes (never pickle), so the same objects can be written to protobuf for
+the network transport or handed over directly in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+"""A model's state as named numpy arrays (what strategies see; they never import torch)."""
+
+
+class DataKind(StrEnum):
+    """What kind of bytes crosses a boundary (the review's "transferred data" column)."""
+
+    WEIGHTS = "weights"
+    OUTPUTS = "outputs"
+    ACTIVATIONS = "activations"
+    RAW_DATA = "raw_data"
+    METRICS = "metrics"  # aggregate evaluation statistics (confusion counts, score histograms)
+
+
+class InstructionKind(StrEnum):
+    FIT = "fit"
+    EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Local-training hyperparameters a site receives with a fit instruction."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0  # FedProx proximal term; 0 means plain local SGD
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What the server asks of one site in one round."""
+
+    round: int
+    site_id: str
+    kind: InstructionKind
+    payload: Mapping[DataKind, bytes]  # safetensors bytes per kind
+    fit: FitConfig = field(default_factory=FitConfig)
+    job_hash: str = ""
+    seed: int = 0  # seeds the site's shuffling, so a round is reproducible
+
+    def nbytes(self) -> dict[DataKind, int]:
+        return {kind: len(blob) for kind, blob in self.payload.items()}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one site returns: new weights or evaluation statistics, or the reason it failed."""
+
+    round: int
+    site_id: str
+    kind: InstructionKind
+    payload: Mapping[DataKind, bytes] = field(default_factory=dict)
+    num_examples: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def nbytes(self) -> dict[DataKind, int]:
+        return {kind: len(blob) for kind, blob in self.payload.items()}
+
+
+@dataclass(frozen=True)
+class SiteFailure:
+    """A site that did not deliver in a round; data, never an exception that ends the run."""
+
+    site_id: str
+    reason: str
