@@ -66,9 +66,17 @@ class TrainConfig(_Strict):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    lr_decay: float = Field(1.0, gt=0, le=1)  # round r trains with lr * lr_decay**r, for every method
 
     def fit(self) -> FitConfig:
-        return FitConfig(self.local_epochs, self.batch_size, self.lr, self.momentum, self.weight_decay)
+        return FitConfig(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            lr_decay=self.lr_decay,
+        )
 
 
 class StrategyConfig(_Strict):

@@ -59,7 +59,9 @@ class Site:
         return self._evaluate(instruction)
 
     def _fit(self, instruction: Instruction) -> Reply:
-        loss = train_epochs(self.task, self.model, self.data.train, instruction.fit, instruction.seed)
+        loss = train_epochs(
+            self.task, self.model, self.data.train, instruction.fit, instruction.seed, instruction.round
+        )
         return Reply(
             round=instruction.round,
             site_id=self.site_id,
@@ -82,7 +84,7 @@ class Site:
         )
 
 
-def train_epochs(task, model: nn.Module, split: Split, fit: FitConfig, seed: int) -> float:
+def train_epochs(task, model: nn.Module, split: Split, fit: FitConfig, seed: int, round: int = 0) -> float:
     """Local SGD for `fit.epochs` epochs over shuffled minibatches; returns the mean loss.
 
     With fit.prox_mu > 0 the FedProx term mu/2 * ||w - w_global||^2 is added (Li et al. 2020).
@@ -90,7 +92,7 @@ def train_epochs(task, model: nn.Module, split: Split, fit: FitConfig, seed: int
     generator = torch.Generator().manual_seed(seed)
     inputs, targets = torch.from_numpy(split.inputs), torch.from_numpy(split.targets)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=fit.lr, momentum=fit.momentum, weight_decay=fit.weight_decay
+        model.parameters(), lr=fit.lr_at(round), momentum=fit.momentum, weight_decay=fit.weight_decay
     )
     anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
     model.train()

@@ -42,6 +42,10 @@ class FitConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx proximal term; 0 means plain local SGD
+    lr_decay: float = 1.0  # the site trains round r with lr * lr_decay**r (1.0 = constant)
+
+    def lr_at(self, round: int) -> float:
+        return self.lr * self.lr_decay**round
 
 
 @dataclass(frozen=True)

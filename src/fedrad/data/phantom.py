@@ -119,8 +119,8 @@ def _lesions(
     radius = np.sqrt(rng.uniform(0, 1, n)) * 0.6
     cx = (organ[:, 0] + radius * np.cos(angle) * organ[:, 2])[:, None, None]
     cy = (organ[:, 1] + radius * np.sin(angle) * organ[:, 3])[:, None, None]
-    sigma = rng.uniform(0.06, 0.09, size=(n, 1, 1)).astype(np.float32)
-    amplitude = rng.uniform(0.35, 0.55, size=(n, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(0.07, 0.1, size=(n, 1, 1)).astype(np.float32)
+    amplitude = rng.uniform(0.5, 0.8, size=(n, 1, 1)).astype(np.float32)
     blob = _blobs(xx, yy, cx, cy, sigma)
     return (amplitude * blob).astype(np.float32), (blob > 0.5).astype(np.uint8)
 

@@ -31,3 +31,27 @@ def weighted_mean(updates: Sequence[tuple[Weights, float]]) -> Weights:
             reference.dtype
         )
     return out
+
+
+def pooled_batchnorm_variance(updates: Sequence[tuple[Weights, float]], averaged: Weights) -> Weights:
+    """Replace averaged BatchNorm variances by the variance of the pooled data.
+
+    The mean of the sites' variances misses the spread of their means (scanners shift them), so
+    each `X.running_var` whose `X.running_mean` exists becomes, by the law of total variance,
+    sum_k w_k * (var_k + mean_k**2) - mean**2, with mean the weighted mean of the means.
+    """
+    total = float(sum(weight for _, weight in updates))
+    out = dict(averaged)
+    for name in averaged:
+        if not name.endswith("running_var"):
+            continue
+        mean_name = name[: -len("running_var")] + "running_mean"
+        if mean_name not in averaged:
+            continue
+        second = sum(
+            (w[name].astype(np.float64) + w[mean_name].astype(np.float64) ** 2) * (weight / total)
+            for w, weight in updates
+        )
+        pooled = second - averaged[mean_name].astype(np.float64) ** 2
+        out[name] = np.maximum(pooled, 0.0).astype(averaged[name].dtype)
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrad.strategies.aggregate import weighted_mean
+from fedrad.strategies.aggregate import pooled_batchnorm_variance, weighted_mean
 from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState
 from fedrad.types import FitConfig, Weights
 
@@ -59,5 +59,6 @@ class FedAvg:
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         if not results:  # every asked site failed: keep the model, the round is recorded as failed
             return state
-        new = weighted_mean([(r.weights, r.num_examples) for r in results])
+        updates = [(r.weights, r.num_examples) for r in results]
+        new = pooled_batchnorm_variance(updates, weighted_mean(updates))
         return ServerState(models={GLOBAL: new}, extra=state.extra)

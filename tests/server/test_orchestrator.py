@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedrad.codec import encode
+from fedrad.simulation import MethodRun, build_sites, build_task, initial_weights
+from fedrad.site import Site
+
+
+def _run(config, method, out, sites=None):
+    return MethodRun(config, method, out, sites or build_sites(config)).run()
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_config, tmp_path):
+    first = _run(tiny_config, "fedavg", tmp_path / "a")
+    second = _run(tiny_config, "fedavg", tmp_path / "b")
+    assert first["pooled"] == second["pooled"] and first["sites"] == second["sites"]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    other = _run(tiny_config.model_copy(update={"seed": 4}), "fedavg", tmp_path / "c")
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert other["rounds"] == first["rounds"]
+
+
+def test_ledger_weight_bytes_are_model_size_times_transfers(tiny_config, tmp_path):
+    summary = _run(tiny_config, "fedavg", tmp_path)
+    model_bytes = len(encode(initial_weights(build_task(tiny_config), tiny_config.seed)))
+    sites, rounds = 3, tiny_config.train.rounds
+    # each round: the model goes to and comes back from 3 sites (train), and goes to 3 sites (evaluate)
+    assert summary["ledger"]["by_kind"]["weights"] == model_bytes * rounds * sites * 3
+    assert summary["ledger"]["by_kind"]["raw_data"] == 0
+    s1 = summary["ledger"]["by_site"]["s1"]
+    assert s1["by_kind"]["weights"] == model_bytes * rounds * 3
+
+
+def test_cds_books_each_hospitals_raw_data_and_no_weights(tiny_config, tmp_path):
+    sites = build_sites(tiny_config)
+    summary = _run(tiny_config, "cds", tmp_path, sites)
+    ledger = summary["ledger"]
+    assert ledger["by_kind"]["weights"] == 0
+    for site in sites:
+        assert ledger["by_site"][site.site_id]["sent"] == site.train.nbytes + site.val.nbytes
+    assert ledger["total_bytes"] == sum(s.train.nbytes + s.val.nbytes for s in sites)
+
+
+def test_local_only_reports_each_site_model_on_its_own_test_set(tiny_config, tmp_path):
+    summary = _run(tiny_config, "local", tmp_path)
+    assert set(summary["sites"]) == {"s1", "s2", "s3"}
+    assert summary["ledger"]["total_bytes"] == 0
+    assert 0.0 <= summary["pooled"]["balanced_accuracy"] <= 1.0
+
+
+def test_a_site_that_raises_is_a_failure_and_the_round_completes(tiny_config, tmp_path, monkeypatch):
+    def broken(self, instruction):
+        raise RuntimeError("disk full at s2")
+
+    original = Site._fit
+    def fit(self, instruction):
+        return broken(self, instruction) if self.site_id == "s2" else original(self, instruction)
+
+    monkeypatch.setattr(Site, "_fit", fit)
+    summary = _run(tiny_config, "fedavg", tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == tiny_config.train.rounds == summary["rounds"]
+    for line in lines:
+        assert line["failures"] == [{"site_id": "s2", "reason": "RuntimeError: disk full at s2"}]
+        assert set(line["train"]) == {"s1", "s3"}
+        assert set(line["sites"]) == {"s1", "s2", "s3"}  # s2 still evaluates the global model
+    assert summary["failures"] == tiny_config.train.rounds
+
+
+def test_an_instruction_for_another_job_is_refused(tiny_config):
+    from fedrad.site import SiteError
+    from fedrad.types import DataKind, Instruction, InstructionKind
+
+    data = build_sites(tiny_config)[0]
+    site = Site(data, build_task(tiny_config), job_hash="approved")
+    blob = encode(initial_weights(build_task(tiny_config), 0))
+    with pytest.raises(SiteError, match="refused"):
+        site.handle(Instruction(0, data.site_id, InstructionKind.FIT, {DataKind.WEIGHTS: blob}, job_hash="other"))
