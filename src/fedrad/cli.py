@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +17,9 @@ from fedrad.server.evaluation import summarize
 from fedrad.simulation import MethodRun, build_sites
 
 app = typer.Typer(add_completion=False, help="Federated learning for medical imaging.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
+# Piped output (make demo under CI, a log file) gets a width that fits the tables instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="job YAML")]
 OutOption = Annotated[Path, typer.Option("--out", help="results folder")]
 

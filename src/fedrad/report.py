@@ -30,6 +30,7 @@ def method_rows(summaries: list[dict]) -> list[list[str]]:
                 s["method"] + (" (sim only)" if s["simulation_only"] else ""),
                 ", ".join(moved) or "nothing",
                 _mb(s["ledger"]["total_bytes"]),
+                _mb(s["ledger"]["by_phase"].get("train", 0)),
                 _mb(by_kind.get("raw_data", 0)),
                 str(s["rounds"]),
                 _fmt(s["pooled"].get("accuracy")),
@@ -45,7 +46,7 @@ def method_rows(summaries: list[dict]) -> list[list[str]]:
 
 
 METHOD_HEADER = [
-    "method", "transferred", "total MB", "raw-data MB", "rounds", "pooled acc", "pooled bal. acc",
+    "method", "transferred", "total MB", "train MB", "raw-data MB", "rounds", "pooled acc", "pooled bal. acc",
     "pooled AUC", "site min", "site mean", "site max", "wall s",
 ]
 
@@ -76,6 +77,7 @@ def render_markdown(summaries: list[dict]) -> str:
             "over the site models of each model's pooled metrics, and each site's entry is its own model on",
             "its own test set. CDS books as raw data what each hospital would hand over (train + validation).",
             "Every method trains rounds x local_epochs epochs per site (CDS: that many epochs on the pool).",
+            "total MB counts every byte across a site boundary, evaluation included; train MB only training.",
             "",
             "## Methods",
             "",

@@ -23,6 +23,7 @@ from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
 from fedrad.server.results import RunDirectory
 from fedrad.site import Site, model_weights
 from fedrad.strategies import CentralizedDataSharing, FedAvg, FedAvgConfig, LocalOnly
+from fedrad.strategies.base import GLOBAL
 from fedrad.strategies.baselines import POOLED
 from fedrad.tasks import ClassificationTask
 from fedrad.transport import InProcessTransport
@@ -117,8 +118,12 @@ class MethodRun:
 
     def summary(self, directory: RunDirectory, ledger: Ledger, wall_s: float, interrupted: bool) -> dict:
         evaluated = [r for r in directory.records if r.evaluations]
-        pooled, sites = summarize(evaluated[-1].evaluations) if evaluated else ({}, {})
+        last = evaluated[-1].evaluations if evaluated else {}
+        pooled, sites = summarize(last) if last else ({}, {})
         num_train = {d.site_id: d.num_train for d in self.sites}
+        extra = {}
+        if last and GLOBAL not in last:  # one model per site: the cross-site matrix (model x test set)
+            extra["cross_site"] = {name: {"pooled": e.pooled, "sites": e.sites} for name, e in last.items()}
         return {
             "method": self.method,
             "simulation_only": self.method in ("cds", "local"),
@@ -129,4 +134,5 @@ class MethodRun:
             "sites": {s: {**m, "num_train": num_train[s]} for s, m in sites.items()},
             "failures": sum(len(r.failures) for r in directory.records),
             "ledger": ledger.summary(),
+            **extra,
         }
