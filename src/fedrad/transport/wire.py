@@ -1,0 +1,235 @@
+"""Instructions and Replies on the wire: a protobuf header, then each payload in chunks. No pickle.
+
+A message stream is `header, chunk, chunk, ...`: the header lists every payload's kind, size,
+chunk count and sha256; the chunks follow payload by payload, in order. Chunks are 1 MiB by
+default, so no single gRPC message comes near gRPC's 4 MB limit whatever the model's size.
+The reader checks order, sizes and digests, and refuses payloads above a size bound before
+buffering them.
+
+    messages = list(instruction_messages(instruction, task_id="t1"))
+    task_id, same = read_instruction(iter(messages))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, fields
+from typing import TypeVar
+
+from fedrad.transport import fedrad_pb2 as pb
+from fedrad.types import DataKind, FitConfig, Instruction, InstructionKind, Reply
+
+SERVICE = "fedrad.transport.v1.Federation"  # as declared in fedrad.proto
+WORK_METHOD = f"/{SERVICE}/Work"
+SUBMIT_METHOD = f"/{SERVICE}/Submit"
+CHUNK_SIZE = 1 << 20  # 1 MiB
+MAX_PAYLOAD_BYTES = 2 << 30  # per message; the reader refuses a header that announces more
+Message = TypeVar("Message", pb.ServerMessage, pb.ClientMessage)
+
+
+class WireError(ValueError):
+    """A message stream that does not decode to an Instruction or Reply (order, size, digest, kind)."""
+
+
+# 1) converting the control fields --------------------------------------------------------------
+
+
+def instruction_header(
+    instruction: Instruction, task_id: str, chunk_size: int = CHUNK_SIZE
+) -> pb.InstructionHeader:
+    try:
+        return pb.InstructionHeader(
+            task_id=task_id,
+            round=instruction.round,
+            site_id=instruction.site_id,
+            kind=InstructionKind(instruction.kind).value,
+            fit=pb.FitConfig(**asdict(instruction.fit)),
+            job_hash=instruction.job_hash,
+            seed=instruction.seed,
+            payloads=_payload_headers(instruction.payload, chunk_size),
+        )
+    except (TypeError, ValueError) as exc:  # an int out of int64 range, a FitConfig field unknown here
+        raise WireError(f"site {instruction.site_id}: instruction cannot be encoded: {exc}") from exc
+
+
+def reply_header(reply: Reply, task_id: str, chunk_size: int = CHUNK_SIZE) -> pb.ReplyHeader:
+    try:
+        return pb.ReplyHeader(
+            task_id=task_id,
+            round=reply.round,
+            site_id=reply.site_id,
+            kind=InstructionKind(reply.kind).value,
+            num_examples=reply.num_examples,
+            metrics={name: float(value) for name, value in reply.metrics.items()},
+            error=reply.error,
+            payloads=_payload_headers(reply.payload, chunk_size),
+        )
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"site {reply.site_id}: reply cannot be encoded: {exc}") from exc
+
+
+def instruction_from_header(header: pb.InstructionHeader, payload: Mapping[DataKind, bytes]) -> Instruction:
+    return Instruction(
+        round=header.round,
+        site_id=header.site_id,
+        kind=_kind(header.kind),
+        payload=dict(payload),
+        fit=FitConfig(**{f.name: getattr(header.fit, f.name) for f in fields(FitConfig)}),
+        job_hash=header.job_hash,
+        seed=header.seed,
+    )
+
+
+def reply_from_header(header: pb.ReplyHeader, payload: Mapping[DataKind, bytes]) -> Reply:
+    return Reply(
+        round=header.round,
+        site_id=header.site_id,
+        kind=_kind(header.kind),
+        payload=dict(payload),
+        num_examples=header.num_examples,
+        metrics=dict(header.metrics),
+        error=header.error if header.HasField("error") else None,
+    )
+
+
+# 2) streaming: header first, then the chunks ---------------------------------------------------
+
+
+def instruction_messages(
+    instruction: Instruction, task_id: str, chunk_size: int = CHUNK_SIZE
+) -> Iterator[pb.ServerMessage]:
+    """The stream the server sends for one instruction (the header is built eagerly, so it can fail early)."""
+    header = instruction_header(instruction, task_id, chunk_size)
+    return stream(pb.ServerMessage, "instruction", header, instruction.payload, chunk_size)
+
+
+def reply_messages(reply: Reply, task_id: str, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.ClientMessage]:
+    header = reply_header(reply, task_id, chunk_size)
+    return stream(pb.ClientMessage, "reply", header, reply.payload, chunk_size)
+
+
+def read_instruction(
+    messages: Iterator[pb.ServerMessage], max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[str, Instruction] | None:
+    """(task_id, Instruction) from a stream; None for an empty stream (no work this time)."""
+    first = next(messages, None)
+    if first is None:
+        return None
+    if first.WhichOneof("body") != "instruction":
+        raise WireError("instruction stream does not start with an instruction header")
+    header = first.instruction
+    payload = Reassembler(header.payloads, max_bytes).read(messages)
+    return header.task_id, instruction_from_header(header, payload)
+
+
+def read_reply(messages: Iterator[pb.ClientMessage], max_bytes: int = MAX_PAYLOAD_BYTES) -> tuple[str, Reply]:
+    """(task_id, Reply) from a stream whose first message is the reply header."""
+    first = next(messages, None)
+    if first is None or first.WhichOneof("body") != "reply":
+        raise WireError("reply stream does not start with a reply header")
+    header = first.reply
+    payload = Reassembler(header.payloads, max_bytes).read(messages)
+    return header.task_id, reply_from_header(header, payload)
+
+
+class Reassembler:
+    """Rebuilds the payloads a header announced from chunks that must arrive in order."""
+
+    def __init__(self, headers: Iterable[pb.PayloadHeader], max_bytes: int = MAX_PAYLOAD_BYTES):
+        self.headers = list(headers)
+        kinds = [_data_kind(h.kind) for h in self.headers]
+        if len(set(kinds)) != len(kinds):
+            raise WireError(f"payload kinds repeat in the header: {[k.value for k in kinds]}")
+        total = sum(h.size for h in self.headers)
+        if total > max_bytes:
+            raise WireError(f"payloads announce {total} bytes, above the limit of {max_bytes}")
+        for h in self.headers:
+            if (h.size == 0) != (h.num_chunks == 0) or h.num_chunks > h.size:
+                raise WireError(f"payload {h.kind!r}: {h.num_chunks} chunks cannot carry {h.size} bytes")
+        self.kinds = kinds
+        self.buffers = [bytearray() for _ in self.headers]
+        self.position = (0, 0)  # (payload, chunk) expected next
+        self._skip_complete()
+
+    def add(self, chunk: pb.Chunk) -> None:
+        payload, index = self.position
+        if payload >= len(self.headers):
+            raise WireError(f"unexpected chunk {chunk.payload}/{chunk.index}: all payloads are complete")
+        if (chunk.payload, chunk.index) != (payload, index):
+            raise WireError(f"chunk {chunk.payload}/{chunk.index} out of order, expected {payload}/{index}")
+        header, buffer = self.headers[payload], self.buffers[payload]
+        last = index + 1 == header.num_chunks
+        buffer += chunk.data
+        if not chunk.data or len(buffer) > header.size or (last and len(buffer) != header.size):
+            got = f"chunk {index} leaves {len(buffer)} of {header.size} bytes"
+            raise WireError(f"payload {header.kind!r}: {got}")
+        self.position = (payload + 1, 0) if last else (payload, index + 1)
+        self._skip_complete()
+
+    def finish(self) -> dict[DataKind, bytes]:
+        payload, index = self.position
+        if payload < len(self.headers):
+            kind = self.headers[payload].kind
+            raise WireError(f"stream ended before chunk {payload}/{index}: payload {kind!r} is incomplete")
+        for header, buffer in zip(self.headers, self.buffers, strict=True):
+            if hashlib.sha256(buffer).digest() != header.sha256:
+                raise WireError(f"payload {header.kind!r}: sha256 does not match the header")
+        return {kind: bytes(buffer) for kind, buffer in zip(self.kinds, self.buffers, strict=True)}
+
+    def read(self, messages: Iterator[pb.ServerMessage] | Iterator[pb.ClientMessage]) -> dict[DataKind, bytes]:
+        for message in messages:
+            if message.WhichOneof("body") != "chunk":
+                raise WireError(f"expected a chunk, got {message.WhichOneof('body')!r}")
+            self.add(message.chunk)
+        return self.finish()
+
+    def _skip_complete(self) -> None:  # empty payloads have no chunks to wait for
+        payload, index = self.position
+        while payload < len(self.headers) and self.headers[payload].num_chunks == 0:
+            payload, index = payload + 1, 0
+        self.position = (payload, index)
+
+
+def _payload_headers(payload: Mapping[DataKind, bytes], chunk_size: int) -> list[pb.PayloadHeader]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    return [
+        pb.PayloadHeader(
+            kind=DataKind(kind).value,
+            size=len(blob),
+            num_chunks=-(-len(blob) // chunk_size),
+            sha256=hashlib.sha256(blob).digest(),
+        )
+        for kind, blob in payload.items()
+    ]
+
+
+def stream(
+    message_type: type[Message],
+    field: str,
+    header: pb.InstructionHeader | pb.ReplyHeader,
+    payload: Mapping[DataKind, bytes],
+    chunk_size: int,
+) -> Iterator[Message]:
+    """`message_type(field=header)`, then each payload's chunks in header order."""
+    yield message_type(**{field: header})
+    for number, blob in enumerate(payload.values()):
+        view = memoryview(blob)
+        for index, start in enumerate(range(0, len(view), chunk_size)):
+            chunk = pb.Chunk(payload=number, index=index, data=bytes(view[start : start + chunk_size]))
+            yield message_type(chunk=chunk)
+
+
+def _kind(value: str) -> InstructionKind:
+    try:
+        return InstructionKind(value)
+    except ValueError:
+        raise WireError(f"unknown instruction kind {value!r}") from None
+
+
+def _data_kind(value: str) -> DataKind:
+    try:
+        return DataKind(value)
+    except ValueError:
+        raise WireError(f"unknown payload kind {value!r}") from None

@@ -1,0 +1,133 @@
+"""Loopback tests: a real gRPC server with mutual TLS on 127.0.0.1 and clients in threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrad.codec import decode, encode
+from fedrad.transport.grpc_transport import Backoff, ClientError, ClientRefused, GrpcClient, GrpcServerTransport
+from fedrad.transport.kits import SiteKit, load_server_kit, load_site_kit
+from fedrad.transport.provision import Kits, revoke_site
+from fedrad.types import DataKind, Instruction, InstructionKind
+
+from .helpers import EchoSite, running, wait_until
+
+FAST = Backoff(base_s=0.05, cap_s=0.2)
+
+
+@pytest.fixture
+def server(kits: Kits) -> Iterator[GrpcServerTransport]:
+    with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=20, poll_s=0.5) as s:
+        yield s
+
+
+def _client(kit: SiteKit, server: GrpcServerTransport, site: EchoSite | None = None, host: str = "127.0.0.1"):
+    site = site or EchoSite(kit.site_id)
+    address = f"{host}:{server.port}"
+    return GrpcClient(site, kit, server_address=address, backoff=FAST, max_failures=3), site
+
+
+def _instruction(site_id: str, blob: bytes, round: int = 0) -> Instruction:
+    return Instruction(round=round, site_id=site_id, kind=InstructionKind.FIT, payload={DataKind.WEIGHTS: blob})
+
+
+def test_one_round_with_two_sites_over_mutual_tls(kits: Kits, server: GrpcServerTransport) -> None:
+    weights = {"w": np.linspace(0, 1, 1_200_000, dtype=np.float32)}  # 4.8 MB: above gRPC's 4 MB message limit
+    blob = encode(weights)
+    client_a, site_a = _client(load_site_kit(kits.sites["hospital-a"]), server)
+    client_b, site_b = _client(load_site_kit(kits.sites["hospital-b"]), server, host="localhost")
+
+    with running(client_a) as errors_a, running(client_b) as errors_b:
+        replies = server.dispatch([_instruction("hospital-a", blob, 3), _instruction("hospital-b", blob, 3)])
+        # A resubmission (a client whose acknowledgement was lost) changes nothing.
+        assert wait_until(lambda: len(client_a.acks) == 1)  # the ack may trail the server's record
+        task_id = client_a.acks[0][0]
+        duplicate = client_a.submit(task_id, dataclasses.replace(replies[0], num_examples=999))
+
+    assert [(r.site_id, r.ok, r.round, r.num_examples) for r in replies] == [
+        ("hospital-a", True, 3, 10),
+        ("hospital-b", True, 3, 10),
+    ]
+    np.testing.assert_array_equal(decode(replies[1].payload[DataKind.WEIGHTS])["w"], weights["w"])
+    assert [i.round for i in site_a.seen] == [3] and len(site_b.seen) == 1
+    assert client_a.acks[0][1:] == ("ACCEPTED", "")
+    assert client_a.acks[1][1] == "DUPLICATE" and duplicate.reason.endswith("the first reply stands")
+    assert errors_a == errors_b == []
+    traffic = server.traffic()
+    for site in ("hospital-a", "hospital-b"):
+        assert len(blob) < traffic[site].to_site < len(blob) * 1.01
+        assert traffic[site].from_site > len(blob)
+    assert client_b.bytes_received == traffic["hospital-b"].to_site
+
+
+def test_a_site_without_a_client_fails_by_the_deadline(kits: Kits) -> None:
+    with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=0.3) as server:
+        started = time.monotonic()
+        [reply] = server.dispatch([_instruction("hospital-c", b"weights")])
+    assert time.monotonic() - started < 2
+    assert not reply.ok and "no reply within 0.3 s; it never connected" in reply.error
+
+
+def test_a_late_reply_is_rejected(kits: Kits) -> None:
+    with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=0.5, poll_s=0.5) as s:
+        client, _ = _client(load_site_kit(kits.sites["hospital-a"]), s, site=EchoSite("hospital-a", delay_s=1.0))
+        with running(client):
+            [reply] = s.dispatch([_instruction("hospital-a", b"weights")])
+            assert wait_until(lambda: len(client.acks) == 1)
+    assert "delivered 1 time" in reply.error
+    assert client.acks[0][1] == "REJECTED" and client.acks[0][2].startswith("late")
+
+
+def test_a_client_certificate_from_another_ca_is_refused(
+    kits: Kits, rogue_kits: Kits, server: GrpcServerTransport
+) -> None:
+    rogue = load_site_kit(rogue_kits.sites["hospital-a"])
+    real = load_site_kit(kits.sites["hospital-a"])
+    # The impostor trusts the real CA (it is public), so only the server's check can stop it.
+    client, site = _client(dataclasses.replace(rogue, ca_pem=real.ca_pem), server)
+    with pytest.raises(ClientError) as error:
+        client.run()
+    assert not isinstance(error.value, ClientRefused) and "gave up after 3 failed attempts" in str(error.value)
+    assert site.seen == [] and server.wait_for_sites(["hospital-a"], 0.1) == {"hospital-a"}
+
+
+def test_a_certificate_whose_cn_is_not_an_allowed_site_is_refused(kits: Kits, tmp_path: Path) -> None:
+    kit = dataclasses.replace(load_server_kit(kits.server), sites=frozenset({"hospital-a", "hospital-b"}))
+    with GrpcServerTransport(kit, bind="127.0.0.1:0", reply_timeout_s=0.3) as server:
+        client, site = _client(load_site_kit(kits.sites["hospital-c"]), server)
+        with pytest.raises(ClientRefused, match="certificate CN 'hospital-c' is not a site of project fedrad-test"):
+            client.run()
+        admin = load_site_kit(kits.sites["hospital-a"])
+        admin_pem = (kits.admin / "admin.crt").read_bytes(), (kits.admin / "admin.key").read_bytes()
+        admin = dataclasses.replace(admin, site_id="alice@example.org", cert_pem=admin_pem[0], key_pem=admin_pem[1])
+        with pytest.raises(ClientRefused, match="alice@example.org"):
+            _client(admin, server)[0].run()
+    assert site.seen == []
+
+
+def test_a_site_cannot_present_itself_as_another(kits: Kits, server: GrpcServerTransport) -> None:
+    kit = dataclasses.replace(load_site_kit(kits.sites["hospital-a"]), site_id="hospital-b")
+    client, site = _client(kit, server)
+    with pytest.raises(ClientRefused, match="certificate of site 'hospital-a' cannot speak for site 'hospital-b'"):
+        client.run()
+    assert site.seen == []
+
+
+def test_revoking_a_site_takes_effect_without_a_restart(fresh_kits: tuple[Path, Kits]) -> None:
+    out, kits = fresh_kits
+    with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=10, poll_s=0.3) as s:
+        client, _ = _client(load_site_kit(kits.sites["hospital-a"]), s)
+        with running(client) as errors:
+            assert s.dispatch([_instruction("hospital-a", b"w")])[0].ok
+            revoke_site(out, "hospital-a")
+            assert wait_until(lambda: bool(errors))
+        s.reply_timeout_s = 0.2
+        [reply] = s.dispatch([_instruction("hospital-a", b"w", round=1)])
+    assert isinstance(errors[0], ClientRefused) and "revoked" in str(errors[0])
+    assert "refused" in reply.error and "revoked" in reply.error

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from fedrad.transport.taskboard import Ack, Task, TaskBoard
+from fedrad.types import DataKind, Instruction, InstructionKind, Reply
+
+FIT = InstructionKind.FIT
+
+
+def _instruction(site: str, round: int = 4) -> Instruction:
+    return Instruction(round=round, site_id=site, kind=FIT, payload={DataKind.WEIGHTS: b"w" * 10})
+
+
+def _reply(task: Task, **changes: object) -> Reply:
+    reply = Reply(round=task.instruction.round, site_id=task.instruction.site_id, kind=FIT, num_examples=5)
+    return replace(reply, **changes)
+
+
+@contextmanager
+def _collecting(board: TaskBoard, instructions: list[Instruction], timeout_s: float) -> Iterator[list]:
+    """Runs board.collect in a thread (as dispatch does); the list holds its replies once it returns."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.extend(board.collect(instructions, timeout_s)))
+    thread.start()
+    try:
+        yield result
+    finally:
+        thread.join(timeout=10)
+
+
+def _pull(board: TaskBoard, site: str) -> Task:
+    task = board.next_task(site, poll_s=5.0, is_active=lambda: True)
+    assert task is not None
+    return task
+
+
+def test_replies_come_back_in_instruction_order() -> None:
+    board = TaskBoard({"a", "b"})
+    with _collecting(board, [_instruction("a"), _instruction("b")], timeout_s=5) as replies:
+        task_b, task_a = _pull(board, "b"), _pull(board, "a")
+        assert board.record("b", task_b.task_id, _reply(task_b, num_examples=2)) is None
+        assert board.record("a", task_a.task_id, _reply(task_a, num_examples=1)) is None
+    assert [(r.site_id, r.num_examples, r.ok) for r in replies] == [("a", 1, True), ("b", 2, True)]
+
+
+def test_a_silent_site_becomes_a_failed_reply_and_its_late_reply_is_rejected() -> None:
+    board = TaskBoard({"a"})
+    with _collecting(board, [_instruction("a")], timeout_s=0.2) as replies:
+        task = _pull(board, "a")
+    assert not replies[0].ok and "no reply within 0.2 s" in replies[0].error and "delivered 1 time" in replies[0].error
+    status, reason = board.record("a", task.task_id, _reply(task))
+    assert status == Ack.REJECTED and reason.startswith("late")
+
+
+def test_a_site_that_never_connected_is_named_so() -> None:
+    replies = TaskBoard({"a"}).collect([_instruction("a")], timeout_s=0.05)
+    assert replies[0].error == "site a: no reply within 0.05 s; it never connected to this server"
+
+
+def test_a_site_outside_the_federation_fails_at_once() -> None:
+    replies = TaskBoard({"a"}).collect([_instruction("mallory")], timeout_s=60)
+    assert "not in this server's list of allowed sites" in replies[0].error
+
+
+def test_duplicates_are_idempotent_and_the_first_reply_stands() -> None:
+    board = TaskBoard({"a"})
+    with _collecting(board, [_instruction("a")], timeout_s=5) as replies:
+        task = _pull(board, "a")
+        assert board.record("a", task.task_id, _reply(task, num_examples=1)) is None
+    assert board.record("a", task.task_id, _reply(task, num_examples=99))[0] == Ack.DUPLICATE
+    assert replies[0].num_examples == 1
+
+
+def test_wrong_site_stale_round_and_unknown_task_are_rejected() -> None:
+    board = TaskBoard({"a", "b"})
+    with _collecting(board, [_instruction("a", round=4)], timeout_s=5) as replies:
+        task = _pull(board, "a")
+        status, reason = board.verdict("b", task.task_id, "b", 4, "fit")
+        assert status == Ack.REJECTED and "belongs to site 'a'" in reason
+        status, reason = board.verdict("a", task.task_id, "a", 3, "fit")
+        assert status == Ack.REJECTED and reason.startswith("stale")
+        status, reason = board.verdict("a", "no-such-task", "a", 4, "fit")
+        assert status == Ack.REJECTED and "unknown task" in reason
+        assert board.record("a", task.task_id, _reply(task)) is None
+    assert replies[0].ok
+
+
+def test_an_unanswered_task_is_offered_again_to_a_reconnecting_site() -> None:
+    board = TaskBoard({"a"})
+    with _collecting(board, [_instruction("a")], timeout_s=5):
+        first, again = _pull(board, "a"), _pull(board, "a")
+        assert first is again and again.deliveries == 2
+        board.record("a", first.task_id, _reply(first))
+        assert board.next_task("a", poll_s=0.05, is_active=lambda: True) is None
+
+
+@pytest.mark.parametrize("stop_first", [True, False])
+def test_stop_ends_the_wait(stop_first: bool) -> None:
+    board = TaskBoard({"a"})
+    if stop_first:
+        board.stop()
+        assert "stopping" in board.collect([_instruction("a")], timeout_s=60)[0].error
+    else:
+        with _collecting(board, [_instruction("a")], timeout_s=60) as replies:
+            threading.Timer(0.05, board.stop).start()
+        assert "stopped before the site replied" in replies[0].error
