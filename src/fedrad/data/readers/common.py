@@ -1,0 +1,150 @@
+"""What every reader shares: the skip record, the sample, and turning samples into a SiteData.
+
+The rule for bad input: one bad file (corrupt, truncated, undecodable, unlabelled, mismatched) never
+stops a site. It becomes a `Skipped(path, reason)` and reading goes on; only a site left with no
+usable sample at all raises a `ValueError` that names the folder or file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from fedrad.data.base import SiteData, Split, split_indices
+from fedrad.data.card import CardRecord, build_card
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input item that was left out, and why (one line, naming the file)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class SkipItem(Exception):
+    """Raised inside a reader for an item that must be skipped; its message is the reason."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library messages can run to many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class SiteRead(NamedTuple):
+    """What a reader returns: the site's data and every item it skipped."""
+
+    data: SiteData
+    skipped: list[Skipped]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One usable example before splitting."""
+
+    input: np.ndarray  # (C, H, W), (C, D, H, W) or (F,)
+    target: int | np.ndarray  # class index, or a float32 mask shaped like input with C = 1
+    group: str  # patient / volume / file: a group never straddles two splits (no leakage)
+    origin: str  # the file (and frame / slice) it came from, for messages
+    record: CardRecord
+    split: str | None = None  # from a split column, where the source has one
+
+
+def parse_split(value: str) -> str | None:
+    """'train' / 'val' / 'test' (and common spellings) -> canonical name; anything else -> None."""
+    return _SPLIT_ALIASES.get(value.strip().lower())
+
+
+def no_usable_data(where: object, skipped: Sequence[Skipped]) -> ValueError:
+    first = f"; first: {skipped[0]}" if skipped else ""
+    return ValueError(f"{where}: no usable data ({len(skipped)} item(s) skipped{first})")
+
+
+def resize(image: np.ndarray, size: Sequence[int], *, nearest: bool = False) -> np.ndarray:
+    """Resize a channel-first array to `size` (spatial dims) with MONAI's Resize.
+
+    Images use "area" (an average over each output pixel's footprint: deterministic, no aliasing
+    when shrinking, the usual case for medical images); masks use "nearest" so labels stay labels.
+    MONAI (and torch) is imported only when a resize is actually needed.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(image.shape[1:]) == size:
+        return image.astype(np.float32, copy=False)
+    from monai.transforms import Resize  # heavy import: only when shapes differ
+
+    out = Resize(spatial_size=size, mode="nearest" if nearest else "area")(image.astype(np.float32))
+    return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+
+
+def _consistent(samples: list[Sample], skipped: list[Skipped]) -> list[Sample]:
+    """Keep samples shaped like the first one; the rest are skipped (e.g. a different channel count)."""
+    shape = samples[0].input.shape
+    kept = []
+    for s in samples:
+        if s.input.shape == shape:
+            kept.append(s)
+        else:
+            skipped.append(Skipped(s.origin, f"input shape {s.input.shape} differs from the site's {shape}"))
+    return kept
+
+
+def _assign(samples: list[Sample], fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Split name per sample: the split column where given, else a seeded split over groups."""
+    if any(s.split is not None for s in samples):
+        return np.asarray([s.split for s in samples])
+    groups, inverse = np.unique([s.group for s in samples], return_inverse=True)
+    parts = split_indices(len(groups), fractions, np.random.default_rng(seed))
+    name_of_group = np.empty(len(groups), dtype=object)
+    for name, index in zip(SPLITS, parts, strict=True):
+        name_of_group[index] = name
+    return name_of_group[inverse].astype(str)
+
+
+def assemble_site(
+    site_id: str,
+    samples: list[Sample],
+    skipped: list[Skipped],
+    *,
+    where: object,
+    source: str,
+    fractions: tuple[float, float, float],
+    seed: int,
+    k: int,
+    patient_unit: str = "patient",
+) -> SiteRead:
+    """Check, split and stack samples into a SiteData with its card; raise if nothing is usable."""
+    if not samples:
+        raise no_usable_data(where, skipped)
+    samples = _consistent(samples, skipped)
+    names = _assign(samples, fractions, seed)
+    inputs = np.stack([s.input for s in samples]).astype(np.float32, copy=False)
+    if isinstance(samples[0].target, np.ndarray):
+        targets = np.stack([s.target for s in samples]).astype(np.float32, copy=False)
+    else:
+        targets = np.asarray([s.target for s in samples], dtype=np.int64)
+    splits = {n: Split(inputs[names == n], targets[names == n]) for n in SPLITS}
+    card = build_card(
+        [s.record for s in samples],
+        source=source,
+        split_sizes={n: len(splits[n]) for n in SPLITS},
+        num_skipped=len(skipped),
+        input_shape=inputs.shape[1:],
+        patient_unit=patient_unit,
+        k=k,
+    )
+    data = SiteData(site_id, splits["train"], splits["val"], splits["test"], card)
+    return SiteRead(data, skipped)
