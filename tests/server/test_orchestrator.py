@@ -88,3 +88,18 @@ def test_an_instruction_for_another_job_is_refused(tiny_config):
     blob = encode(initial_weights(build_task(tiny_config), 0))
     with pytest.raises(SiteError, match="refused"):
         site.handle(Instruction(0, data.site_id, InstructionKind.FIT, {DataKind.WEIGHTS: blob}, job_hash="other"))
+
+
+def test_ctrl_c_keeps_the_completed_rounds_on_disk(tiny_config, tmp_path):
+    config = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"rounds": 4})})
+
+    def interrupt_after_second_round(record):
+        if record.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MethodRun(config, "fedavg", tmp_path, build_sites(config), interrupt_after_second_round).run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["rounds"] == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert load_file(str(tmp_path / "model.safetensors"))  # the round-2 model is readable
