@@ -5,9 +5,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fedrad import plots
+from fedrad.evaluation.bias import add_bias
+from fedrad.report_html import render_html
+from fedrad.report_sections import sections
 from fedrad.server.results import atomic_write
 
-METRIC = "balanced_accuracy"
+INTRO = (
+    "Every number is read from comparison.json. Pooled metrics are on the union of every site's test set; "
+    "each method trains rounds x local_epochs epochs per site (SWT: at most that, stopping early)."
+)
+
+METRIC = "balanced_accuracy"  # the default primary metric; a segmentation run's is "dice"
+_LABELS = {"balanced_accuracy": "bal. acc", "dice": "dice"}
+
+
+def primary_metric(summaries: list[dict]) -> str:
+    """The metric the tables show: a summary's declared `metric`, else dice where runs report it."""
+    for s in summaries:
+        if s.get("metric"):
+            return s["metric"]
+        if "dice" in s.get("pooled", {}):
+            return "dice"
+    return METRIC
+
+
+def method_header(summaries: list[dict]) -> list[str]:
+    """METHOD_HEADER with the pooled column named after the runs' primary metric."""
+    label = f"pooled {_LABELS.get(primary_metric(summaries), primary_metric(summaries))}"
+    return [label if h == "pooled bal. acc" else h for h in METHOD_HEADER]
 
 
 def _mb(nbytes: float) -> str:
@@ -21,8 +47,9 @@ def _fmt(value: float | None) -> str:
 def method_rows(summaries: list[dict]) -> list[list[str]]:
     """One row per method: what it moves, how much, and how well it does, pooled and per site."""
     rows = []
+    metric = primary_metric(summaries)
     for s in summaries:
-        site_values = [m[METRIC] for m in s["sites"].values()]
+        site_values = [m[metric] for m in s["sites"].values() if metric in m]
         by_kind = s["ledger"]["by_kind"]
         moved = [k for k, v in by_kind.items() if v > 0]
         rows.append(
@@ -34,7 +61,7 @@ def method_rows(summaries: list[dict]) -> list[list[str]]:
                 _mb(by_kind.get("raw_data", 0)),
                 str(s["rounds"]),
                 _fmt(s["pooled"].get("accuracy")),
-                _fmt(s["pooled"].get(METRIC)),
+                _fmt(s["pooled"].get(metric)),
                 _fmt(s["pooled"].get("auc")),
                 _fmt(min(site_values) if site_values else None),
                 _fmt(sum(site_values) / len(site_values) if site_values else None),
@@ -54,10 +81,11 @@ METHOD_HEADER = [
 def site_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     sites = sorted({site for s in summaries for site in s["sites"]})
     header = ["site", "n train"] + [s["method"] for s in summaries]
+    metric = primary_metric(summaries)
     rows = []
     for site in sites:
         num_train = next(s["sites"][site]["num_train"] for s in summaries if site in s["sites"])
-        rows.append([site, str(num_train)] + [_fmt(s["sites"].get(site, {}).get(METRIC)) for s in summaries])
+        rows.append([site, str(num_train)] + [_fmt(s["sites"].get(site, {}).get(metric)) for s in summaries])
     return header, rows
 
 
@@ -81,9 +109,9 @@ def render_markdown(summaries: list[dict]) -> str:
             "",
             "## Methods",
             "",
-            markdown_table(METHOD_HEADER, method_rows(summaries)),
+            markdown_table(method_header(summaries), method_rows(summaries)),
             "",
-            f"## Per-site {METRIC.replace('_', ' ')} (each site's test set)",
+            f"## Per-site {primary_metric(summaries).replace('_', ' ')} (each site's test set)",
             "",
             markdown_table(site_header, site_table),
             "",
@@ -91,9 +119,32 @@ def render_markdown(summaries: list[dict]) -> str:
     )
 
 
+def _measured_sections(summaries: list[dict], metric: str) -> str:
+    """Table 1, worst site, recency, budget and cross-site sections (fedrad.report_sections)."""
+    lines = []
+    for title, note, header, rows in sections(summaries, metric):
+        lines += [f"## {title}", "", note, "", markdown_table(header, rows), ""]
+    return "\n".join(lines)
+
+
 def write_comparison(out: Path, summaries: list[dict]) -> str:
-    """Write comparison.json and report.md; return the markdown."""
+    """Write comparison.json (the summaries), report.md, report.html and the figures (PNG); return
+    the markdown. Every number shown is read from, or computed from, comparison.json's summaries
+    (the bias measures by fedrad.evaluation.bias.add_bias)."""
     atomic_write(out / "comparison.json", json.dumps(summaries, indent=2).encode())
-    markdown = render_markdown(summaries)
+    metric = primary_metric(summaries)
+    summaries = add_bias(summaries, metric)
+    figures = plots.figures(summaries, metric)
+    for name, png in figures.items():
+        atomic_write(out / name, png)
+    markdown = render_markdown(summaries) + "\n" + _measured_sections(summaries, metric)
+    markdown += "\n## Figures\n\n" + "\n".join(f"![{name}]({name})" for name in figures) + "\n"
     atomic_write(out / "report.md", markdown.encode())
+    page = render_html("fedrad comparison", INTRO, sections(summaries, metric), figures)
+    atomic_write(out / "report.html", page.encode())
     return markdown
+
+
+def rebuild_report(out: Path) -> str:
+    """Re-render report.md, report.html and the figures from an existing comparison.json."""
+    return write_comparison(out, json.loads((out / "comparison.json").read_text()))

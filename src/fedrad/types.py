@@ -25,11 +25,13 @@ class DataKind(StrEnum):
     ACTIVATIONS = "activations"
     RAW_DATA = "raw_data"
     METRICS = "metrics"  # aggregate evaluation statistics (confusion counts, score histograms)
+    CONTROL = "control_variates"  # SCAFFOLD's control variates (server c to a site, a site's delta c_i back)
 
 
 class InstructionKind(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
+    PREDICT = "predict"  # ensemble inference: raw query images in, output probabilities back
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class FitConfig:
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx proximal term; 0 means plain local SGD
     lr_decay: float = 1.0  # the site trains round r with lr * lr_decay**r (1.0 = constant)
+    # Early stopping on the site's validation split (Chang et al. 2018): stop when the validation
+    # loss has not improved for `patience` epochs and keep the best epoch's weights; None = run all
+    # `epochs` (then `epochs` is the maximum).
+    patience: int | None = None
 
     def lr_at(self, round: int) -> float:
         return self.lr * self.lr_decay**round

@@ -35,8 +35,9 @@ class FitTask:
     """Ask one site to train `weights` with `config`."""
 
     site_id: str
-    weights: Weights
+    weights: Weights  # may be part of the model: the site keeps its own values for the rest
     config: FitConfig
+    control: Weights | None = None  # SCAFFOLD's server control variate c, travels as DataKind.CONTROL
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class FitResult:
     weights: Weights
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    control: Weights | None = None  # SCAFFOLD: the site's delta c_i
 
 
 class Strategy(Protocol):

@@ -54,14 +54,22 @@ class ClassificationTask:
         return nn.functional.cross_entropy(model(inputs), targets)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """Summable statistics of the model on one split (see fedrad.tasks.metrics)."""
+    def predict(self, model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, num_classes), float32, in batches of 256."""
         model.eval()
         probs = [
             torch.softmax(model(torch.from_numpy(inputs[i : i + 256])), dim=1).numpy()
             for i in range(0, len(inputs), 256)
         ]
-        return classification_stats(np.concatenate(probs), targets, self.num_classes)
+        return np.concatenate(probs).astype(np.float32)
+
+    def evaluate(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Summable statistics of the model on one split (see fedrad.tasks.metrics)."""
+        return self.stats(self.predict(model, inputs), targets)
+
+    def stats(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Summable statistics of given probabilities (an ensemble's combined outputs, say)."""
+        return classification_stats(probs, targets, self.num_classes)
 
     def metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         return classification_metrics(stats)

@@ -15,7 +15,7 @@ class WorkRequest(_message.Message):
     def __init__(self, site_id: _Optional[str] = ...) -> None: ...
 
 class FitConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "prox_mu", "lr_decay")
+    __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "prox_mu", "lr_decay", "patience")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class FitConfig(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     PROX_MU_FIELD_NUMBER: _ClassVar[int]
     LR_DECAY_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -30,7 +31,8 @@ class FitConfig(_message.Message):
     weight_decay: float
     prox_mu: float
     lr_decay: float
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., lr_decay: _Optional[float] = ...) -> None: ...
+    patience: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., prox_mu: _Optional[float] = ..., lr_decay: _Optional[float] = ..., patience: _Optional[int] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
     __slots__ = ("kind", "size", "num_chunks", "sha256")

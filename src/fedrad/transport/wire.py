@@ -44,7 +44,7 @@ def instruction_header(
             round=instruction.round,
             site_id=instruction.site_id,
             kind=InstructionKind(instruction.kind).value,
-            fit=pb.FitConfig(**asdict(instruction.fit)),
+            fit=pb.FitConfig(**{k: v for k, v in asdict(instruction.fit).items() if v is not None}),
             job_hash=instruction.job_hash,
             seed=instruction.seed,
             payloads=_payload_headers(instruction.payload, chunk_size),
@@ -75,7 +75,7 @@ def instruction_from_header(header: pb.InstructionHeader, payload: Mapping[DataK
         site_id=header.site_id,
         kind=_kind(header.kind),
         payload=dict(payload),
-        fit=FitConfig(**{f.name: getattr(header.fit, f.name) for f in fields(FitConfig)}),
+        fit=_fit_config(header.fit),
         job_hash=header.job_hash,
         seed=header.seed,
     )
@@ -219,6 +219,16 @@ def stream(
         for index, start in enumerate(range(0, len(view), chunk_size)):
             chunk = pb.Chunk(payload=number, index=index, data=bytes(view[start : start + chunk_size]))
             yield message_type(chunk=chunk)
+
+
+def _fit_config(fit: pb.FitConfig) -> FitConfig:
+    """A FitConfig from its wire form; an optional field that is unset is None."""
+    values = {}
+    for f in fields(FitConfig):
+        descriptor = pb.FitConfig.DESCRIPTOR.fields_by_name[f.name]
+        unset = descriptor.has_presence and not fit.HasField(f.name)
+        values[f.name] = None if unset else getattr(fit, f.name)
+    return FitConfig(**values)
 
 
 def _kind(value: str) -> InstructionKind:

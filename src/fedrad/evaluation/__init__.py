@@ -1,0 +1,1 @@
+"""Measures computed from run summaries (bias across sites, recency, cross-site transfer)."""

@@ -1,0 +1,131 @@
+"""A site's local training: SGD epochs with the FedProx term, SCAFFOLD's correction and early stopping.
+
+One function, `train_epochs`, serves every strategy; what differs is typed in the FitConfig
+(prox_mu, patience) or carried in the instruction (SCAFFOLD's server control variate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrad.data.base import Split
+from fedrad.types import FitConfig, Weights
+
+
+class SiteError(ValueError):
+    """An instruction this site refuses (wrong job, missing weights, names that do not match)."""
+
+
+@dataclass
+class TrainOutcome:
+    loss: float  # mean training loss over the epochs run
+    epochs: int  # epochs run (fewer than asked when early stopping fired)
+    val_loss: float  # best validation loss (nan without a validation split)
+
+
+@dataclass
+class ScaffoldState:
+    """SCAFFOLD's control variates at one site during one fit (Karimireddy et al. 2020, Alg. 1).
+
+    Each local step uses the gradient g + c - c_i; afterwards (option II)
+    c_i+ = c_i - c + (x - y) / (K * lr), with x the model received, y the model after K steps.
+    """
+
+    server: Weights  # c, by parameter name
+    site: Weights | None  # c_i from this site's previous fit (None: zeros)
+    start: Weights | None = None
+    end: Weights | None = None
+    steps: int = 0
+    lr: float = 1.0
+
+    def correction(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        c = torch.from_numpy(np.asarray(self.server[name], dtype=np.float32))
+        c_i = torch.zeros_like(like) if self.site is None else torch.from_numpy(self.site[name])
+        return (c - c_i).reshape(like.shape)
+
+    def updated(self) -> tuple[Weights, Weights]:
+        """(c_i+, c_i+ - c_i): the new site variate, kept here, and the delta sent to the server."""
+        new, delta = {}, {}
+        for name, c in self.server.items():
+            old = np.zeros_like(c) if self.site is None else self.site[name]
+            step = (self.start[name] - self.end[name]) / (max(self.steps, 1) * self.lr)
+            new[name] = (old - c + step).astype(np.float32)
+            delta[name] = (new[name] - old).astype(np.float32)
+        return new, delta
+
+
+def _params(model: nn.Module) -> Weights:
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def validation_loss(task, model: nn.Module, split: Split) -> float:
+    model.eval()
+    inputs, targets = torch.from_numpy(split.inputs), torch.from_numpy(split.targets)
+    losses = [float(task.loss(model, inputs[i : i + 256], targets[i : i + 256])) * len(inputs[i : i + 256])
+              for i in range(0, len(inputs), 256)]
+    return sum(losses) / len(inputs)
+
+
+def train_epochs(
+    task, model: nn.Module, split: Split, fit: FitConfig, seed: int, round: int = 0,
+    val: Split | None = None, scaffold: ScaffoldState | None = None,
+) -> TrainOutcome:
+    """Local SGD for up to `fit.epochs` epochs over shuffled minibatches.
+
+    1) FedProx: with fit.prox_mu > 0 the term mu/2 * ||w - w_global||^2 is added (Li et al. 2020).
+    2) SCAFFOLD: each gradient is corrected by c - c_i before the step.
+    3) Early stopping: with fit.patience and a validation split, stop once the validation loss has
+       not improved for `patience` epochs and restore the best epoch's weights (Chang et al. 2018).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    inputs, targets = torch.from_numpy(split.inputs), torch.from_numpy(split.targets)
+    lr = fit.lr_at(round)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
+    if scaffold is not None:
+        scaffold.start, scaffold.lr = _params(model), lr
+    early = fit.patience is not None and val is not None and len(val) > 0
+    best, best_state, since_best, epochs_run = float("inf"), None, 0, 0
+    total, batches = 0.0, 0
+    for _ in range(fit.epochs):
+        model.train()
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(order), fit.batch_size):
+            index = order[start : start + fit.batch_size]
+            if len(index) < 2:  # BatchNorm cannot train on a single example
+                continue
+            loss = task.loss(model, inputs[index], targets[index])
+            if anchor is not None:
+                loss = loss + 0.5 * fit.prox_mu * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if scaffold is not None:
+                for name, p in model.named_parameters():
+                    p.grad += scaffold.correction(name, p.grad)
+                scaffold.steps += 1
+            optimizer.step()
+            total, batches = total + float(loss.detach()), batches + 1
+        epochs_run += 1
+        if early:
+            current = validation_loss(task, model, val)
+            if current < best:
+                best, since_best = current, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= fit.patience:
+                    break
+    if batches == 0:
+        raise SiteError(f"site has too few training examples ({len(inputs)}) for one batch")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if scaffold is not None:
+        scaffold.end = _params(model)
+    return TrainOutcome(total / batches, epochs_run, best if early else float("nan"))
