@@ -53,6 +53,8 @@ class GrpcServerTransport:
         chunk_size: int = wire.CHUNK_SIZE,
         max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES,
         max_workers: int = 64,  # each waiting site holds one worker thread during its poll
+        quorum: int = 0,  # at the deadline, fewer replies than this: wait up to quorum_wait_s longer
+        quorum_wait_s: float = 0.0,
     ):
         limits = {"reply_timeout_s": reply_timeout_s, "poll_s": poll_s, "chunk_size": chunk_size}
         for name, value in limits.items():
@@ -61,6 +63,7 @@ class GrpcServerTransport:
         self.kit, self.bind = kit, bind or f"[::]:{kit.port}"
         self.reply_timeout_s, self.poll_s = reply_timeout_s, poll_s
         self.chunk_size, self.max_payload_bytes, self.max_workers = chunk_size, max_payload_bytes, max_workers
+        self.quorum, self.quorum_wait_s = quorum, quorum_wait_s
         self.port: int | None = None
         self.board = TaskBoard(kit.sites, chunk_size)
         self._gate = Gatekeeper(kit)
@@ -109,7 +112,7 @@ class GrpcServerTransport:
         """Offer each instruction to its site; one Reply each by the deadline, failures included."""
         if self._server is None:
             return [failed(i, "the gRPC server is not running (call start() first)") for i in instructions]
-        return self.board.collect(instructions, self.reply_timeout_s)
+        return self.board.collect(instructions, self.reply_timeout_s, self.quorum, self.quorum_wait_s)
 
     def wait_for_sites(self, sites: Collection[str], timeout_s: float) -> set[str]:
         """Wait until each site has asked for work once (a quorum before round 0); the missing ones."""

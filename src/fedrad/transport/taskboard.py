@@ -53,9 +53,16 @@ class TaskBoard:
         self._traffic: dict[str, Traffic] = defaultdict(Traffic)
         self._last_seen: dict[str, float] = {}
         self._refused: dict[str, str] = {}  # certificate CN -> why its last call was refused
+        self._late: dict[str, int] = defaultdict(int)  # replies that arrived after their task's deadline
 
-    def collect(self, instructions: Sequence[Instruction], timeout_s: float) -> list[Reply]:
-        """Open one task per instruction, wait for the replies until the deadline, close them all."""
+    def collect(
+        self, instructions: Sequence[Instruction], timeout_s: float, min_replies: int = 0, grace_s: float = 0.0
+    ) -> list[Reply]:
+        """Open one task per instruction, wait for the replies until the deadline, close them all.
+
+        If fewer than `min_replies` replies are in at the deadline, wait up to `grace_s` longer for
+        that many (a quorum); the round then closes with whatever has arrived.
+        """
         replies: dict[int, Reply] = {}
         tasks: list[tuple[int, Task]] = []
         with self.cond:
@@ -67,6 +74,10 @@ class TaskBoard:
                     tasks.append((number, task_or_error))
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.stopped or all(t.reply for _, t in tasks), timeout=timeout_s)
+            quorum = min(min_replies, len(tasks))
+            if grace_s > 0 and sum(t.reply is not None for _, t in tasks) < quorum:
+                enough = lambda: self.stopped or sum(t.reply is not None for _, t in tasks) >= quorum  # noqa: E731
+                self.cond.wait_for(enough, timeout=grace_s)
             for number, task in tasks:
                 replies[number] = task.reply or failed(task.instruction, self._why_missing(task, timeout_s))
                 self._close(task)
@@ -124,6 +135,24 @@ class TaskBoard:
             self.cond.wait_for(lambda: set(sites) <= set(self._last_seen), timeout=timeout_s)
             return set(sites) - set(self._last_seen)
 
+    def snapshot(self) -> dict[str, dict]:
+        """Each allowed site's open tasks and contact, for a status page (a copy; no payloads)."""
+        with self.cond:
+            now = time.monotonic()
+            return {
+                site: {
+                    "tasks": [
+                        {"round": t.instruction.round, "kind": t.instruction.kind.value,
+                         "delivered": t.deliveries, "answered": t.reply is not None}
+                        for t in self._queues.get(site, ())
+                    ],
+                    "last_seen_s": round(now - self._last_seen[site], 1) if site in self._last_seen else None,
+                    "late": self._late.get(site, 0),
+                    "refused": self._refused.get(site),
+                }
+                for site in sorted(self.sites)
+            }
+
     def stop(self) -> None:
         with self.cond:
             self.stopped = True
@@ -157,6 +186,7 @@ class TaskBoard:
             if finished == "answered":
                 return Ack.DUPLICATE, f"task {task_id} was already answered; the first reply stands"
             if finished is not None:
+                self._late[site] += 1
                 return Ack.REJECTED, f"late: task {task_id} {finished}"
             return Ack.REJECTED, f"unknown task {task_id!r} (stale, or from an earlier server run)"
         expected = task.instruction

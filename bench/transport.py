@@ -1,0 +1,123 @@
+"""One FedAvg round over gRPC + mTLS on loopback: 4 client processes, 1 / 50 / 200 MB models.
+
+For each size a fresh server process runs one round through the real server path (Orchestrator,
+FedAvg, update validation, GrpcServerTransport) while four `GrpcClient` processes echo the model
+back (no training: this measures the transport and the server's aggregation). It prints the
+round's wall time, the model bytes moved (4 down + 4 up) per second, and the server's peak
+resident memory above its baseline, in model sizes; then the same round in-process (the
+simulator's transport) in the same server process, as the baseline ratio.
+
+    .venv/bin/python bench/transport.py            # targets: >= 100 MB/s, peak < 4 x model
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SITES = ("c0", "c1", "c2", "c3")
+SIZES_MB = (1, 50, 200)
+MB = 1 << 20
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Echo:
+    """A site that returns the weights it received: the transport's work without any training."""
+
+    def __init__(self, site_id: str):
+        self.site_id = site_id
+
+    def handle(self, instruction):
+        from fedrad.types import DataKind, Reply
+
+        blob = instruction.payload[DataKind.WEIGHTS]
+        return Reply(instruction.round, self.site_id, instruction.kind, {DataKind.WEIGHTS: blob}, num_examples=10)
+
+
+def client(kit: str, port: int) -> None:
+    from fedrad.transport.grpc_client import Backoff, GrpcClient
+    from fedrad.transport.kits import load_site_kit
+
+    site_kit = load_site_kit(kit)
+    GrpcClient(Echo(site_kit.site_id), site_kit, server_address=f"127.0.0.1:{port}", backoff=Backoff(0.1, 0.5)).run()
+
+
+def _one_round(transport, weights) -> float:
+    from fedrad.server.ledger import Ledger
+    from fedrad.server.orchestrator import Orchestrator, RunContext
+    from fedrad.strategies import FedAvg
+
+    strategy = FedAvg()
+    orchestrator = Orchestrator(strategy, RunContext(transport, Ledger(), None), SITES, SITES, 2, eval_every=100)
+    state = strategy.initial_state(weights, SITES)
+    started = time.perf_counter()
+    orchestrator.round(0, state)  # round 0 of 2, evaluation every 100: train and aggregate only
+    return time.perf_counter() - started
+
+
+def server(kit: str, port: int, size_mb: int) -> None:
+    from fedrad.transport.grpc_transport import GrpcServerTransport
+    from fedrad.transport.inprocess import InProcessTransport
+
+    rng = np.random.default_rng(0)
+    transport = GrpcServerTransport.from_kit_dir(kit, bind=f"127.0.0.1:{port}", reply_timeout_s=300, poll_s=1)
+    with transport:
+        if transport.wait_for_sites(SITES, 60):
+            raise SystemExit("clients did not connect")
+        _one_round(transport, {"w": np.zeros(16, np.float32)})  # warm-up: connections, threads
+        baseline = _rss_mb("VmRSS")
+        n = size_mb * MB // 4 // 8  # eight float32 tensors
+        weights = {f"layer{i}.weight": rng.standard_normal(n, dtype=np.float32) for i in range(8)}
+        wall = _one_round(transport, weights)
+        peak = _rss_mb("VmHWM")
+    local = _one_round(InProcessTransport({s: Echo(s) for s in SITES}), weights)
+    moved = 2 * len(SITES) * size_mb
+    print(f"{size_mb:>8} {wall:>8.2f} {moved / wall:>8.0f} {baseline:>10.0f} {peak - baseline:>10.0f} "
+          f"{(peak - baseline) / size_mb:>8.2f} {local:>8.2f} {wall / local:>8.1f}", flush=True)
+
+
+def main() -> None:
+    from fedrad.transport.provision import ProjectSpec, ServerSpec, provision
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        kits = provision(ProjectSpec(name="bench", server=ServerSpec(hosts=("127.0.0.1",), port=port), sites=SITES),
+                         Path(tmp) / "kits")
+        me = [sys.executable, __file__]
+        clients = [subprocess.Popen([*me, "client", str(kits.sites[s]), str(port)],
+                                    stderr=subprocess.DEVNULL) for s in SITES]
+        print(f"one FedAvg round, {len(SITES)} client processes, gRPC + mTLS on loopback (MB = 2**20 bytes)")
+        print(f"{'model MB':>8} {'round s':>8} {'MB/s':>8} {'base MB':>10} {'peak+ MB':>10} "
+              f"{'x model':>8} {'inproc s':>8} {'ratio':>8}")
+        try:
+            for size in SIZES_MB:
+                subprocess.run([*me, "server", str(kits.server), str(port), str(size)], check=True)
+        finally:
+            for process in clients:
+                process.kill()
+                process.wait()
+        print("MB/s: model bytes moved (4 down + 4 up) / round wall; peak+: server VmHWM - VmRSS before the model;")
+        print("x model: peak+ / model size (target < 4); ratio: gRPC round / in-process round, same process")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        client(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "server":
+        server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

@@ -1,0 +1,176 @@
+"""Real deployment: `fedrad server` and `fedrad client` around the simulator's own engine.
+
+The server runs the same Orchestrator, Strategy, Ledger and RunDirectory as `fedrad run`; only
+the transport differs (GrpcServerTransport instead of in-process Sites). It adds what a network
+needs: a round deadline with a quorum, a status file, and a checkpoint after every round so a
+restarted server (`--resume`) continues from the last completed round. A hospital's client
+builds its Site from its own copy of the job YAML (so it computes the job hash its admin
+approved, and refuses any other) and its own data YAML.
+
+    summary = ServerRun(config, Path("kits/server"), Path("runs/fl")).run()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from fedrad.config import JobConfig
+from fedrad.methods import method_extras, num_rounds
+from fedrad.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_ledger, save_checkpoint
+from fedrad.server.ledger import Ledger
+from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
+from fedrad.server.results import RunDirectory
+from fedrad.server.status import STATUS_FILE, StatusFile
+from fedrad.simulation import build_sites, build_strategy, build_task, initial_weights, run_summary
+from fedrad.site import Site
+from fedrad.strategies.base import ServerState
+from fedrad.transport.grpc_transport import GrpcServerTransport
+from fedrad.transport.inprocess import Transport
+from fedrad.transport.kits import SiteKit, load_server_kit
+from fedrad.types import Instruction, InstructionKind, Reply
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """The server or a client cannot go on; one line naming the file, the site or the round."""
+
+
+class QuorumTransport:
+    """Wraps a transport: a training round in which fewer than `min_sites` sites replied fails."""
+
+    def __init__(self, inner: Transport, min_sites: int):
+        self.inner, self.min_sites = inner, min_sites
+
+    def dispatch(self, instructions: Sequence[Instruction]) -> list[Reply]:
+        replies = self.inner.dispatch(instructions)
+        fit = [r for i, r in zip(instructions, replies, strict=True) if i.kind == InstructionKind.FIT]
+        needed = min(self.min_sites, len(fit))
+        if sum(r.ok for r in fit) < needed:
+            why = "; ".join(f"{r.site_id}: {r.error}" for r in fit if not r.ok)
+            raise DeployError(
+                f"round {fit[0].round}: {sum(r.ok for r in fit)} of {len(fit)} sites replied, "
+                f"the quorum is {needed}: {why}"
+            )
+        return replies
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    deadline_s: float = 600.0  # a round closes this long after it opens ...
+    min_sites: int = 1  # ... if at least this many sites replied; otherwise it waits longer,
+    quorum_wait_s: float = 600.0  # up to this much, and then fails with a clear status
+    wait_sites_s: float = 60.0  # before round 0: how long to wait for every site to connect
+    poll_s: float = 15.0  # how long a site's request for work is held open
+    bind: str | None = None  # default: all interfaces, the port in the kit
+
+
+@dataclass
+class ServerRun:
+    """One job served over gRPC + mTLS to the sites in the server kit; writes the results contract."""
+
+    config: JobConfig
+    kit_dir: Path
+    out: Path
+    options: ServerOptions = ServerOptions()
+    resume: bool = False
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        kit, method = load_server_kit(self.kit_dir), self.config.strategy.name
+        task, strategy = build_task(self.config), build_strategy(self.config, method)
+        if strategy.simulation_only:
+            raise DeployError(f"strategy {method!r} is a simulation-only baseline; `fedrad run` runs it")
+        sites, job_hash = sorted(kit.sites), self.config.job_hash()
+        ledger, start, lines = Ledger(), 0, []
+        state = strategy.initial_state(initial_weights(task, self.config.seed), sites)
+        if self.resume:
+            start, state, lines = self._restore(ledger, method, job_hash)
+        directory = RunDirectory(self.out, method, self.config.to_yaml())
+        if lines:
+            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+        options = self.options
+        transport = GrpcServerTransport(
+            kit, bind=options.bind, reply_timeout_s=options.deadline_s, poll_s=options.poll_s,
+            quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s,
+        )
+        with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
+            status.update(phase="waiting for sites", round=start, job_hash=job_hash, method=method)
+            missing = transport.wait_for_sites(sites, options.wait_sites_s)
+            if missing:
+                log.warning("starting round %d without sites that have not connected: %s", start, sorted(missing))
+
+            def on_round(record: RoundRecord, new_state: ServerState) -> None:
+                directory.on_round(record, new_state)
+                lines.append((self.out / "metrics.jsonl").read_text().splitlines()[-1])
+                save_checkpoint(
+                    self.out / CHECKPOINT_FILE,
+                    Checkpoint(record.round, method, job_hash, new_state, ledger.rows(), list(lines)),
+                )
+                status.completed(record)
+                status.update(round=record.round + 1)
+
+            ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed)
+            rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit
+            orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round)
+            status.update(phase="running")
+            try:
+                orchestrator.run(state, start)
+            except DeployError as exc:
+                status.update(phase="failed", error=str(exc))
+                raise
+            status.update(phase="done", round=rounds)
+        summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
+        summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
+                    "metric": getattr(task, "primary_metric", "balanced_accuracy")}
+        summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran
+        directory.write_summary(summary)
+        return summary
+
+    def _restore(self, ledger: Ledger, method: str, job_hash: str) -> tuple[int, ServerState, list[str]]:
+        path = self.out / CHECKPOINT_FILE
+        if not path.exists():
+            raise DeployError(f"{path}: no checkpoint to resume from (run without --resume to start afresh)")
+        checkpoint = load_checkpoint(path)
+        if checkpoint.job_hash != job_hash or checkpoint.strategy != method:
+            raise DeployError(
+                f"{path}: written for job {checkpoint.job_hash[:12]} ({checkpoint.strategy}), "
+                f"not this job {job_hash[:12]} ({method})"
+            )
+        restore_ledger(ledger, checkpoint.ledger_rows)
+        log.info("resuming after round %d from %s", checkpoint.round, path)
+        return checkpoint.round + 1, checkpoint.state, checkpoint.metrics_lines
+
+
+def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
+    """The hospital's Site: its data (phantom from the job, or its own readers) under the kit's name.
+
+    Data YAML: `data: {source: phantom, site_id: HOSPITAL}` picks one phantom hospital of the job,
+    generated here with the job's seed; anything else is a site file for fedrad.data.readers.
+    """
+    try:
+        raw = yaml.safe_load(Path(data_path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DeployError(f"{data_path}: cannot read: {exc}") from exc
+    block = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(block, dict) and block.get("source") == "phantom":
+        wanted = str(block.get("site_id", kit.site_id))
+        phantoms = {d.site_id: d for d in build_sites(config)}
+        if wanted not in phantoms:
+            raise DeployError(f"{data_path}: key 'data.site_id': {wanted!r} is not one of the job's {sorted(phantoms)}")
+        data = phantoms[wanted]
+    else:
+        from fedrad.data.readers import load_site_data  # lazy: DICOM / NIfTI readers are heavy
+
+        data, skipped = load_site_data(data_path)
+        if skipped:
+            log.warning("%s: %d items skipped while reading", data_path, len(skipped))
+    data = dataclasses.replace(data, site_id=kit.site_id)
+    return Site(data, build_task(config, [data]), config.job_hash())

@@ -1,0 +1,95 @@
+"""The deployed server's round rules (deadline, quorum) and its checkpoint, without a network."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrad.deploy import DeployError, QuorumTransport
+from fedrad.server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_ledger, save_checkpoint
+from fedrad.server.ledger import Ledger
+from fedrad.strategies.base import ServerState
+from fedrad.transport.taskboard import TaskBoard
+from fedrad.types import DataKind, Instruction, InstructionKind, Reply
+
+FIT = InstructionKind.FIT
+
+
+def _instruction(site: str) -> Instruction:
+    return Instruction(round=2, site_id=site, kind=FIT, payload={DataKind.WEIGHTS: b"w"})
+
+
+def test_a_round_short_of_quorum_waits_past_its_deadline_for_a_late_site() -> None:
+    board = TaskBoard(["a", "b"])
+    result: list[Reply] = []
+    thread = threading.Thread(
+        target=lambda: result.extend(board.collect([_instruction("a"), _instruction("b")], 0.2, 2, 5.0))
+    )
+    thread.start()
+    time.sleep(0.5)  # past the 0.2 s deadline: without the quorum rule both tasks would be closed
+    for site in ("a", "b"):
+        task = board.next_task(site, poll_s=1.0, is_active=lambda: True)
+        assert task is not None
+        assert board.record(site, task.task_id, Reply(2, site, FIT, num_examples=3)) is None
+    thread.join(timeout=10)
+    assert [r.ok for r in result] == [True, True]
+
+
+def test_a_round_closes_at_its_deadline_once_the_quorum_replied() -> None:
+    board = TaskBoard(["a", "b"])
+    result: list[Reply] = []
+    started = time.monotonic()
+    thread = threading.Thread(
+        target=lambda: result.extend(board.collect([_instruction("a"), _instruction("b")], 0.3, 1, 30.0))
+    )
+    thread.start()
+    task = board.next_task("a", poll_s=1.0, is_active=lambda: True)
+    assert task is not None and board.record("a", task.task_id, Reply(2, "a", FIT, num_examples=3)) is None
+    thread.join(timeout=10)
+    assert time.monotonic() - started < 5  # did not wait the 30 s grace
+    assert result[0].ok and "no reply within 0.3 s" in (result[1].error or "")
+
+
+class _Fixed:
+    def __init__(self, replies: list[Reply]):
+        self.replies = replies
+
+    def dispatch(self, instructions):
+        return self.replies
+
+
+def test_too_few_replies_fail_the_round_with_a_clear_reason() -> None:
+    replies = [Reply(2, "a", FIT, num_examples=3), Reply(2, "b", FIT, error="site b: no reply within 5 s")]
+    quorum = QuorumTransport(_Fixed(replies), min_sites=2)
+    with pytest.raises(DeployError, match=r"round 2: 1 of 2 sites replied, the quorum is 2: b: site b: no reply"):
+        quorum.dispatch([_instruction("a"), _instruction("b")])
+    assert QuorumTransport(_Fixed(replies), min_sites=1).dispatch([_instruction("a"), _instruction("b")]) == replies
+
+
+def test_a_checkpoint_round_trips_state_ledger_and_metrics(tmp_path: Path) -> None:
+    state = ServerState({"global": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(7)}},
+                        extra={"momentum": np.ones(3)})
+    ledger = Ledger()
+    ledger.record(0, "train", "a", "sent", {DataKind.WEIGHTS: 123})
+    save_checkpoint(tmp_path / "c.safetensors", Checkpoint(4, "fedavg", "abc", state, ledger.rows(), ['{"round": 0}']))
+
+    loaded = load_checkpoint(tmp_path / "c.safetensors")
+    restored = Ledger()
+    restore_ledger(restored, loaded.ledger_rows)
+    assert (loaded.round, loaded.strategy, loaded.job_hash) == (4, "fedavg", "abc")
+    assert loaded.metrics_lines == ['{"round": 0}']
+    np.testing.assert_array_equal(loaded.state.models["global"]["w"], state.models["global"]["w"])
+    assert loaded.state.models["global"]["n"] == 7 and loaded.state.extra["momentum"].shape == (3,)
+    assert restored.summary() == ledger.summary()
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary file left
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00junk")
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors: not a fedrad checkpoint"):
+        load_checkpoint(path)
