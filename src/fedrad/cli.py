@@ -11,8 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedrad.cli_data import register as register_data_commands
+from fedrad.cli_deploy import register as register_deploy_commands
 from fedrad.config import METHODS, ConfigError, JobConfig, load_config
-from fedrad.report import METHOD_HEADER, method_rows, site_rows, write_comparison
+from fedrad.federation import FederationError
+from fedrad.methods import planned_rounds
+from fedrad.report import method_header, method_rows, primary_metric, site_rows, write_comparison
 from fedrad.server.evaluation import summarize
 from fedrad.simulation import MethodRun, build_sites
 
@@ -32,16 +36,26 @@ def _load(config_path: Path) -> JobConfig:
         raise typer.Exit(2) from None
 
 
+def _sites(config: JobConfig) -> list:
+    """The job's sites; a site with no usable data or refused preprocessing ends the command (exit 2)."""
+    try:
+        return build_sites(config)
+    except FederationError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
 def _run_method(config: JobConfig, method: str, out: Path, sites) -> dict:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{method:>8}", total=config.train.rounds)
+        bar = progress.add_task(f"{method:>8}", total=planned_rounds(config, method, len(sites)))
 
         def on_round(record) -> None:
             text = f"{method:>8}"
             if record.evaluations:
                 pooled, _ = summarize(record.evaluations)
-                text += f"  pooled bal.acc {pooled.get('balanced_accuracy', float('nan')):.3f}"
+                metric = "dice" if "dice" in pooled else "balanced_accuracy"
+                text += f"  pooled {metric} {pooled.get(metric, float('nan')):.3f}"
             if record.failures:
                 text += f"  [red]{len(record.failures)} failed[/red]"
             progress.update(bar, advance=1, description=text)
@@ -63,11 +77,11 @@ def run(config_path: ConfigArg, out: OutOption) -> None:
     """Run the configured strategy on the configured sites; write the results contract to OUT."""
     config = _load(config_path)
     try:
-        summary = _run_method(config, config.strategy.name, out, build_sites(config))
+        summary = _run_method(config, config.strategy.name, out, _sites(config))
     except KeyboardInterrupt:
         errors.print(f"interrupted: completed rounds are in {out}")
         raise typer.Exit(130) from None
-    console.print(_table("result", METHOD_HEADER, method_rows([summary])))
+    console.print(_table("result", method_header([summary]), method_rows([summary])))
 
 
 @app.command()
@@ -83,8 +97,10 @@ def compare(
     if unknown or not chosen:
         errors.print(f"error: --methods: unknown method(s) {unknown or chosen}; choose from {', '.join(METHODS)}")
         raise typer.Exit(2)
-    sites = build_sites(config)
+    sites = _sites(config)
     summaries = []
+    if "swt" in chosen:  # recency bias needs the reversed order too
+        chosen.insert(chosen.index("swt") + 1, "swt-reversed")
     try:
         for method in chosen:
             summaries.append(_run_method(config, method, out / method, sites))
@@ -94,10 +110,14 @@ def compare(
     finally:
         if summaries:
             write_comparison(out, summaries)
-    console.print(_table("methods", METHOD_HEADER, method_rows(summaries)))
+    console.print(_table("methods", method_header(summaries), method_rows(summaries)))
     site_header, rows = site_rows(summaries)
-    console.print(_table("per-site balanced accuracy", site_header, rows))
+    console.print(_table(f"per-site {primary_metric(summaries).replace('_', ' ')}", site_header, rows))
     console.print(f"report: {out / 'report.md'}")
+
+
+register_deploy_commands(app)  # provision / server / client / status: fedrad/cli_deploy.py
+register_data_commands(app)  # data check: fedrad/cli_data.py
 
 
 if __name__ == "__main__":

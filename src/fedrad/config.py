@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedrad.data.harmonize import HarmonizeConfig
 from fedrad.types import FitConfig
 
-METHODS = ("fedavg", "cds", "local")
+METHODS = ("fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "cwt", "ensemble", "cds", "local")
+MethodName = Literal[
+    "fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "cwt", "ensemble", "cds", "local"
+]
 
 
 class ConfigError(ValueError):
@@ -46,17 +50,42 @@ class HospitalConfig(_Strict):
     scanner: ScannerConfig = ScannerConfig()
 
 
+class PartitionConfig(_Strict):
+    """Pooled phantom scans cut into sites: iid, dirichlet (label skew), quantity_skew, feature_skew."""
+
+    kind: Literal["iid", "dirichlet", "quantity_skew", "feature_skew"] = "iid"
+    num_sites: int = Field(6, ge=1, le=50)
+    num_patients: int = Field(1580, ge=20)  # pooled scans (the six default hospitals hold 1580)
+    prevalence: float = Field(0.45, ge=0, le=1)
+    alpha: float = Field(0.5, gt=0)  # dirichlet: smaller is more skewed
+    exponent: float = Field(1.0, ge=0)  # quantity_skew: size_k proportional to (k + 1) ** -exponent
+
+
 class DataConfig(_Strict):
-    source: Literal["phantom"] = "phantom"
+    # phantom: the embedded hospitals; phantom_seg: the same with lesion masks; sites: site data YAMLs.
+    source: Literal["phantom", "phantom_seg", "sites"] = "phantom"
     # The phantom federation: the built-in six hospitals (or the first num_sites of them), or your own list.
     num_sites: int | None = Field(None, ge=1, le=6)
     hospitals: list[HospitalConfig] | None = Field(None, min_length=1)
     image_size: int = Field(64, ge=16, le=256)
+    # source: sites. One YAML per hospital (docs/data.md); relative paths are from the job YAML's folder.
+    sites: list[Path] | None = Field(None, min_length=1)
+    harmonize: HarmonizeConfig | None = None  # applied identically at every site (fedrad.data.harmonize)
+    # Build the phantom federation by partitioning pooled phantom data instead (fedrad.data.partition).
+    partition: PartitionConfig | None = None
+
+    @model_validator(mode="after")
+    def _sites_with_source(self) -> DataConfig:
+        if (self.source == "sites") != (self.sites is not None):
+            raise ValueError("data.sites (a list of site YAMLs) is required with source 'sites', and only then")
+        return self
 
 
 class TaskConfig(_Strict):
-    kind: Literal["classification"] = "classification"
-    channels: tuple[int, ...] = Field((16, 32, 64), min_length=1)
+    # auto: segmentation for phantom_seg or mask targets, tabular for feature vectors, else classification.
+    kind: Literal["auto", "classification", "segmentation", "tabular"] = "auto"
+    channels: tuple[int, ...] = Field((16, 32, 64), min_length=1)  # CNN stages, or UNet levels
+    hidden: tuple[int, ...] = Field((32, 16), min_length=1)  # tabular MLP widths
 
 
 class TrainConfig(_Strict):
@@ -80,9 +109,17 @@ class TrainConfig(_Strict):
 
 
 class StrategyConfig(_Strict):
-    name: Literal["fedavg", "cds", "local"] = "fedavg"
+    name: MethodName = "fedavg"
     fraction: float = Field(1.0, gt=0, le=1)  # FedAvg: share of sites asked per round
     min_sites: int = Field(1, ge=1)
+    prox_mu: float = Field(0.01, gt=0)  # FedProx's proximal weight
+    server_lr: float = Field(0.01, gt=0)  # FedAdam / FedAvgM server step (FedAvgM with 1.0 and momentum 0 = FedAvg)
+    server_momentum: float = Field(0.9, ge=0, lt=1)  # FedAvgM's beta, FedAdam's beta1
+    # SWT / CWT: the visiting order (every site once), or None for a seeded-random one.
+    order: list[str] | None = None
+    patience: int = Field(3, ge=1)  # SWT: epochs without a better validation loss before moving on
+    reshuffle: bool = False  # CWT: a new seeded order each cycle
+    ensemble_rule: Literal["mean", "vote"] = "mean"  # ensemble: average probabilities or majority vote
 
 
 class EvaluationConfig(_Strict):
@@ -97,6 +134,15 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig = StrategyConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _kind_fits_source(self) -> JobConfig:
+        source, kind = self.data.source, self.task.kind
+        if source == "phantom_seg" and kind not in ("auto", "segmentation"):
+            raise ValueError(f"task.kind '{kind}' does not fit data.source 'phantom_seg' (lesion masks)")
+        if source == "phantom" and kind == "tabular":
+            raise ValueError("task.kind 'tabular' does not fit data.source 'phantom' (images)")
+        return self
 
     def job_hash(self) -> str:
         """sha256 of the resolved configuration: what a site's admin approves."""
@@ -131,6 +177,15 @@ def load_config(path: str | Path) -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     try:
-        return JobConfig.model_validate(raw)
+        config = JobConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
+    return _with_base(config, path.parent)
+
+
+def _with_base(config: JobConfig, base: Path) -> JobConfig:
+    """Site YAML paths taken from the job YAML's folder when relative."""
+    if not config.data.sites:
+        return config
+    sites = [p if p.is_absolute() else base / p for p in config.data.sites]
+    return config.model_copy(update={"data": config.data.model_copy(update={"sites": sites})})

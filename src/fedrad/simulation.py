@@ -8,7 +8,7 @@ local-only needs no federation. All methods get the same sites, seed and budget
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import torch
 
 from fedrad.config import JobConfig
 from fedrad.data.base import SiteData, concat_splits
-from fedrad.data.phantom import DEFAULT_HOSPITALS, HospitalSpec, ScannerProfile, phantom_sites
+from fedrad.federation import build_task_for, load_federation
+from fedrad.methods import FEDERATED, build_federated, method_extras, num_rounds
 from fedrad.server.evaluation import summarize
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
@@ -25,25 +26,18 @@ from fedrad.site import Site, model_weights
 from fedrad.strategies import CentralizedDataSharing, FedAvg, FedAvgConfig, LocalOnly
 from fedrad.strategies.base import GLOBAL
 from fedrad.strategies.baselines import POOLED
-from fedrad.tasks import ClassificationTask
 from fedrad.transport import InProcessTransport
 from fedrad.types import DataKind
 
 
 def build_sites(config: JobConfig) -> list[SiteData]:
-    data = config.data
-    if data.hospitals is not None:
-        specs = [
-            HospitalSpec(h.site_id, ScannerProfile(**h.scanner.model_dump()), h.num_patients, h.prevalence)
-            for h in data.hospitals
-        ]
-    else:
-        specs = list(DEFAULT_HOSPITALS[: data.num_sites])
-    return phantom_sites(specs, seed=config.seed, size=data.image_size)
+    """The job's sites (fedrad.federation): phantom hospitals or site YAMLs, harmonised and checked."""
+    return load_federation(config).sites
 
 
-def build_task(config: JobConfig) -> ClassificationTask:
-    return ClassificationTask(channels=tuple(config.task.channels))
+def build_task(config: JobConfig, sites: Sequence[SiteData] = ()):
+    """The job's task (classification, segmentation or tabular), sized from the sites' data."""
+    return build_task_for(config, sites)
 
 
 def build_strategy(config: JobConfig, method: str):
@@ -55,7 +49,9 @@ def build_strategy(config: JobConfig, method: str):
         return CentralizedDataSharing(fit)
     if method == "local":
         return LocalOnly(fit)
-    raise ValueError(f"unknown method {method!r}; choose from fedavg, cds, local")
+    if method in FEDERATED:
+        return build_federated(config, method)
+    raise ValueError(f"unknown method {method!r}; choose from fedavg, cds, local, {', '.join(FEDERATED)}")
 
 
 def initial_weights(task, seed: int):
@@ -76,7 +72,7 @@ class MethodRun:
 
     def run(self) -> dict:
         started = time.perf_counter()
-        task, strategy = build_task(self.config), build_strategy(self.config, self.method)
+        task, strategy = build_task(self.config, self.sites), build_strategy(self.config, self.method)
         job_hash = self.config.job_hash()
         site_objects = {d.site_id: Site(d, task, job_hash) for d in self.sites}
         ledger = Ledger(count_messages=not strategy.simulation_only)
@@ -102,7 +98,7 @@ class MethodRun:
         ctx = RunContext(InProcessTransport(site_objects), ledger, task, job_hash, self.config.seed)
         orchestrator = Orchestrator(
             strategy, ctx, train_sites, [d.site_id for d in self.sites],
-            self.config.train.rounds, self.config.evaluation.every, on_round,
+            num_rounds(strategy, self.config, train_sites), self.config.evaluation.every, on_round,
         )
         state = strategy.initial_state(initial_weights(task, self.config.seed), train_sites)
         interrupted = False
@@ -111,28 +107,39 @@ class MethodRun:
         except KeyboardInterrupt:
             interrupted = True
         summary = self.summary(directory, ledger, time.perf_counter() - started, interrupted)
+        summary["metric"] = getattr(task, "primary_metric", "balanced_accuracy")  # what the report ranks by
+        summary.update(method_extras(strategy, directory.records, train_sites))  # order, local epochs
         directory.write_summary(summary)
         if interrupted:
             raise KeyboardInterrupt
         return summary
 
     def summary(self, directory: RunDirectory, ledger: Ledger, wall_s: float, interrupted: bool) -> dict:
-        evaluated = [r for r in directory.records if r.evaluations]
-        last = evaluated[-1].evaluations if evaluated else {}
-        pooled, sites = summarize(last) if last else ({}, {})
         num_train = {d.site_id: d.num_train for d in self.sites}
-        extra = {}
-        if last and GLOBAL not in last:  # one model per site: the cross-site matrix (model x test set)
-            extra["cross_site"] = {name: {"pooled": e.pooled, "sites": e.sites} for name, e in last.items()}
-        return {
-            "method": self.method,
-            "simulation_only": self.method in ("cds", "local"),
-            "rounds": len(directory.records),
-            "wall_s": round(wall_s, 3),
-            "interrupted": interrupted,
-            "pooled": pooled,
-            "sites": {s: {**m, "num_train": num_train[s]} for s, m in sites.items()},
-            "failures": sum(len(r.failures) for r in directory.records),
-            "ledger": ledger.summary(),
-            **extra,
-        }
+        return run_summary(self.method, directory.records, ledger, wall_s, interrupted, num_train)
+
+
+def run_summary(
+    method: str, records: list[RoundRecord], ledger: Ledger, wall_s: float, interrupted: bool,
+    num_train: dict[str, int] | None = None,  # None: not known (the deployed server never sees the data)
+) -> dict:
+    """summary.json: the same contract from the simulator and from `fedrad server`."""
+    evaluated = [r for r in records if r.evaluations]
+    last = evaluated[-1].evaluations if evaluated else {}
+    pooled, sites = summarize(last) if last else ({}, {})
+    extra = {}
+    if last and GLOBAL not in last:  # one model per site: the cross-site matrix (model x test set)
+        extra["cross_site"] = {name: {"pooled": e.pooled, "sites": e.sites} for name, e in last.items()}
+    counts = num_train or {}
+    return {
+        "method": method,
+        "simulation_only": method in ("cds", "local"),
+        "rounds": len(records),
+        "wall_s": round(wall_s, 3),
+        "interrupted": interrupted,
+        "pooled": pooled,
+        "sites": {s: {**m, **({"num_train": counts[s]} if s in counts else {})} for s, m in sites.items()},
+        "failures": sum(len(r.failures) for r in records),
+        "ledger": ledger.summary(),
+        **extra,
+    }

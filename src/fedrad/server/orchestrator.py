@@ -8,6 +8,7 @@ to `on_round` (which writes metrics and the checkpoint).
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -16,11 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedrad.codec import CodecError, decode, encode
+from fedrad.server.ensemble_eval import evaluate_ensemble
 from fedrad.server.evaluation import ModelEvaluation, evaluate_models
 from fedrad.server.ledger import Ledger
+from fedrad.server.validation import UpdateValidator
 from fedrad.strategies.base import FitResult, FitTask, ServerState, Strategy
 from fedrad.transport.inprocess import Transport
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +37,7 @@ class RunContext:
     task: object
     job_hash: str = ""
     seed: int = 0
+    validator: UpdateValidator | None = field(default_factory=UpdateValidator)  # None: trust every update
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,12 @@ class Orchestrator:
         started = time.perf_counter()
         tasks = self.strategy.configure(round, state, self.train_sites)
         instructions = self._instructions(round, tasks)
-        replies = self.ctx.transport.dispatch(instructions)
-        results, failures, train_metrics = self._collect(round, instructions, replies)
+        replies: list[Reply | None] = list(self.ctx.transport.dispatch(instructions))
+        results, failures, train_metrics = self._collect(round, tasks, instructions, replies)
         state = self.strategy.aggregate(round, state, results)
         evaluations = {}
         if (round + 1) % self.eval_every == 0 or round + 1 == self.rounds:
-            evaluations = evaluate_models(self.evaluation_models(state), self.eval_sites, round, self.ctx)
+            evaluations = self.evaluate(round, state)
         record = RoundRecord(
             round=round,
             asked=[t.site_id for t in tasks],
@@ -93,6 +99,13 @@ class Orchestrator:
         if self.on_round is not None:
             self.on_round(record, state)
         return state
+
+    def evaluate(self, round: int, state: ServerState) -> dict[str, ModelEvaluation]:
+        """Every model on every test set, or, for a strategy that combines outputs, the ensemble."""
+        combine = getattr(self.strategy, "combine_outputs", None)
+        if combine is not None:
+            return evaluate_ensemble(combine, self.eval_sites, round, self.ctx)
+        return evaluate_models(self.evaluation_models(state), self.eval_sites, round, self.ctx)
 
     def evaluation_models(self, state: ServerState):
         custom = getattr(self.strategy, "evaluation_models", None)
@@ -108,7 +121,8 @@ class Orchestrator:
                     round=round,
                     site_id=task.site_id,
                     kind=InstructionKind.FIT,
-                    payload={DataKind.WEIGHTS: blob},
+                    payload={DataKind.WEIGHTS: blob}
+                    | ({} if task.control is None else {DataKind.CONTROL: encode(task.control)}),
                     fit=task.config,
                     job_hash=self.ctx.job_hash,
                     seed=instruction_seed(self.ctx.seed, round, task.site_id),
@@ -117,10 +131,15 @@ class Orchestrator:
         return instructions
 
     def _collect(
-        self, round: int, instructions: Sequence[Instruction], replies: Sequence[Reply]
+        self, round: int, tasks: Sequence[FitTask], instructions: Sequence[Instruction], replies: list[Reply | None]
     ) -> tuple[list[FitResult], list[SiteFailure], dict[str, dict[str, float]]]:
+        """Book, decode and validate each reply; its bytes are released once decoded (`replies` is emptied)."""
+        if len(replies) != len(instructions):
+            raise RuntimeError(f"round {round}: {len(replies)} replies to {len(instructions)} instructions")
         results, failures, metrics = [], [], {}
-        for instruction, reply in zip(instructions, replies, strict=True):
+        for number, (task, instruction) in enumerate(zip(tasks, instructions, strict=True)):
+            reply: Reply = replies[number]  # type: ignore[assignment]  # None only for those already done
+            replies[number] = None  # peak memory: one reply's bytes beside the decoded arrays, not all
             self.ctx.ledger.record_message(round, "train", reply.site_id, "received", instruction.nbytes())
             self.ctx.ledger.record_message(round, "train", reply.site_id, "sent", reply.nbytes())
             if not reply.ok:
@@ -128,9 +147,23 @@ class Orchestrator:
                 continue
             try:
                 weights = decode(reply.payload[DataKind.WEIGHTS])
+                control = decode(reply.payload[DataKind.CONTROL]) if DataKind.CONTROL in reply.payload else None
             except (KeyError, CodecError) as exc:
                 failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
                 continue
-            results.append(FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics)))
+            rejected = self._rejected(task, reply, weights)
+            if rejected is not None:
+                failures.append(SiteFailure(reply.site_id, rejected))
+                continue
+            results.append(FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics), control))
             metrics[reply.site_id] = dict(reply.metrics)
         return results, failures, metrics
+
+    def _rejected(self, task: FitTask, reply: Reply, weights) -> str | None:
+        """Why this update must not be aggregated (logged), or None; the same check for every transport."""
+        if self.ctx.validator is None:
+            return None
+        reason = self.ctx.validator.check(reply.site_id, weights, task.weights, reply.num_examples)
+        if reason is not None:
+            log.warning("round %d: %s", reply.round, reason)
+        return reason

@@ -1,0 +1,171 @@
+"""A job's federation: its sites' data (phantom hospitals or site YAMLs), harmonised, and the task that fits it.
+
+`data.source` picks the sites:
+- `phantom`: the embedded hospitals, lesion present / absent;
+- `phantom_seg`: the same hospitals with lesion masks as targets (segmentation);
+- `sites`: a list of site data YAMLs, each read with `fedrad.data.readers.load_site_data`.
+
+Every skipped input is reported (one line naming the file) and counted; a site with no usable data
+stops the job with a message naming its YAML. With `data.harmonize`, every site applies the job's
+preprocessing and a site whose fingerprint differs is refused.
+
+Example:
+    >>> federation = load_federation(JobConfig())  # doctest: +SKIP
+    >>> task = build_task_for(config, federation.sites)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedrad.config import JobConfig
+from fedrad.data.base import SiteData
+from fedrad.data.harmonize import HarmonizationError, Harmonizer, verify_site
+from fedrad.data.partition import phantom_partition
+from fedrad.data.phantom import DEFAULT_HOSPITALS, HospitalSpec, ScannerProfile, phantom_sites
+from fedrad.data.readers import SiteDataConfigError, Skipped, load_site_data
+from fedrad.tasks import ClassificationTask
+from fedrad.tasks.segmentation import SegmentationTask
+from fedrad.tasks.tabular import TabularTask
+
+log = logging.getLogger("fedrad.data")
+
+
+class FederationError(ValueError):
+    """Sites that cannot make a federation (no usable data, mismatched shapes or preprocessing)."""
+
+
+@dataclass
+class Federation:
+    sites: list[SiteData]
+    skipped: dict[str, list[Skipped]] = field(default_factory=dict)  # site_id -> items left out
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(len(s) for s in self.skipped.values())
+
+
+def _phantom(config: JobConfig, segmentation: bool) -> list[SiteData]:
+    data = config.data
+    if data.partition is not None and not segmentation:  # pooled phantom scans cut into sites
+        p = data.partition
+        return phantom_partition(p.kind, p.num_sites, p.num_patients, p.prevalence, config.seed,
+                                 data.image_size, p.alpha, p.exponent)  # fmt: skip
+    if data.hospitals is not None:
+        specs = [
+            HospitalSpec(h.site_id, ScannerProfile(**h.scanner.model_dump()), h.num_patients, h.prevalence)
+            for h in data.hospitals
+        ]
+    else:
+        specs = list(DEFAULT_HOSPITALS[: data.num_sites])
+    return phantom_sites(specs, seed=config.seed, size=data.image_size, segmentation=segmentation)
+
+
+def _read_sites(config: JobConfig, report: Callable[[str], None]) -> Federation:
+    federation = Federation([])
+    for path in config.data.sites or []:
+        try:
+            data, skipped = load_site_data(path)
+        except SiteDataConfigError as exc:
+            raise FederationError(str(exc)) from None
+        except ValueError as exc:  # a reader's "no usable data" (or a missing folder / CSV column)
+            raise FederationError(f"site YAML {path}: {exc}") from None
+        if data.site_id in {s.site_id for s in federation.sites}:
+            raise FederationError(f"site YAML {path}: site_id {data.site_id!r} is used by another site")
+        for item in skipped:
+            report(f"site {data.site_id}: skipped {item}")
+        if skipped:
+            report(f"site {data.site_id}: {len(skipped)} item(s) skipped, {data.card.get('num_samples')} used")
+        if len(data.train) < 2 or len(data.test) < 1:
+            raise FederationError(
+                f"site YAML {path}: site {data.site_id} has {len(data.train)} training and {len(data.test)} "
+                "test example(s); it needs at least 2 and 1"
+            )
+        federation.sites.append(data)
+        federation.skipped[data.site_id] = list(skipped)
+    return federation
+
+
+def load_federation(config: JobConfig, report: Callable[[str], None] | None = None) -> Federation:
+    """Every site of the job, harmonised and checked. `report` gets one line per skipped item."""
+    report = report or log.warning
+    source = config.data.source
+    if source == "sites":
+        federation = _read_sites(config, report)
+    else:
+        federation = Federation(_phantom(config, segmentation=resolve_kind(config) == "segmentation"))
+    if config.data.harmonize is not None:
+        harmonizer = Harmonizer(config.data.harmonize)
+        federation.sites = [harmonizer.site(s) for s in federation.sites]
+        check_preprocessing(federation.sites, harmonizer.fingerprint)
+    check_shapes(federation.sites)
+    return federation
+
+
+def check_preprocessing(sites: Sequence[SiteData], expected: str | None) -> None:
+    """Refuse the first site whose preprocessing fingerprint is not `expected` (FederationError)."""
+    for data in sites:
+        try:
+            verify_site(data, expected)
+        except HarmonizationError as exc:
+            raise FederationError(str(exc)) from None
+
+
+def check_shapes(sites: Sequence[SiteData]) -> None:
+    """One model serves every site, so every site's inputs must have one shape."""
+    first = sites[0]
+    for data in sites[1:]:
+        if data.train.inputs.shape[1:] != first.train.inputs.shape[1:]:
+            raise FederationError(
+                f"site {data.site_id}: inputs of shape {data.train.inputs.shape[1:]} differ from site "
+                f"{first.site_id}'s {first.train.inputs.shape[1:]}; declare data.harmonize.size (images) "
+                "or use the same feature columns (tabular)"
+            )
+
+
+def resolve_kind(config: JobConfig, sites: Sequence[SiteData] = ()) -> str:
+    """The task kind: as configured, or (kind: auto) from the data source and the sites' arrays."""
+    if config.task.kind != "auto":
+        return config.task.kind
+    if config.data.source != "sites":
+        return "segmentation" if config.data.source == "phantom_seg" else "classification"
+    if not sites:
+        raise FederationError("task.kind 'auto' with data.source 'sites' needs the sites' data to decide")
+    train = sites[0].train
+    if train.inputs.ndim == 2:
+        return "tabular"
+    return "segmentation" if train.targets.ndim == train.inputs.ndim else "classification"
+
+
+def _num_classes(sites: Sequence[SiteData]) -> int:
+    labels = [int(s.targets.max()) for d in sites for s in (d.train, d.val, d.test) if len(s)]
+    return max(2, max(labels) + 1)
+
+
+def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()):
+    """The task (model, loss, summable metrics) for the job's kind, sized from the sites' data."""
+    kind = resolve_kind(config, sites)
+    channels = tuple(config.task.channels)
+    if not sites:  # nothing to size from: the phantom's single-channel images
+        return SegmentationTask(channels=channels) if kind == "segmentation" else ClassificationTask(channels=channels)
+    train = sites[0].train
+    wants_masks = kind == "segmentation"
+    for data in sites:
+        has_masks = data.train.targets.ndim == data.train.inputs.ndim and data.train.inputs.ndim >= 4
+        if kind == "tabular" and data.train.inputs.ndim != 2:
+            raise FederationError(f"site {data.site_id}: task.kind 'tabular' needs (N, F) features, "
+                                  f"got inputs of shape {data.train.inputs.shape}")  # fmt: skip
+        if kind != "tabular" and has_masks != wants_masks:
+            what = "masks" if has_masks else "class labels"
+            raise FederationError(f"site {data.site_id}: task.kind '{kind}' does not fit its targets ({what})")
+    if kind == "segmentation":
+        if any(np.any((d.train.targets != 0) & (d.train.targets != 1)) for d in sites):
+            raise FederationError("segmentation needs binary masks (0 / 1); set binarize: true in the site YAMLs")
+        return SegmentationTask(in_channels=train.inputs.shape[1], channels=channels)
+    if kind == "tabular":
+        return TabularTask(train.inputs.shape[1], _num_classes(sites), tuple(config.task.hidden))
+    return ClassificationTask(in_channels=train.inputs.shape[1], num_classes=_num_classes(sites), channels=channels)
