@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedrad.data.harmonize import HarmonizeConfig
 from fedrad.types import FitConfig
+from fedrad.yamlfile import read_yaml_mapping
 
 METHODS = ("fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "cwt", "ensemble", "cds", "local")
 MethodName = Literal[
@@ -164,18 +165,7 @@ def _describe(error: ValidationError, path: Path) -> str:
 def load_config(path: str | Path) -> JobConfig:
     """Read and validate a job YAML; raise ConfigError with one line naming the file and key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, ConfigError, empty_ok=True)
     try:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:

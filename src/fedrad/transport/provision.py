@@ -23,13 +23,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedrad.transport import pki
 from fedrad.transport.kits import CA_CERT, CRL_FILE, KIT_FILE, read_kit_meta
+from fedrad.yamlfile import read_yaml_mapping
 
 Key = ec.EllipticCurvePrivateKey
 Cert = x509.Certificate
@@ -99,16 +99,7 @@ def site_kit_dir(out: Path, site_name: str) -> Path:
 def load_project(path: str | Path) -> ProjectSpec:
     """Read and validate a project.yaml; raise ProvisionError naming the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ProvisionError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ProvisionError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(raw, dict):
-        raise ProvisionError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, ProvisionError)
     try:
         return ProjectSpec.model_validate(raw)
     except ValidationError as exc:

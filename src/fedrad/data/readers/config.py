@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 
 from fedrad.data.readers.intensity import Intensity
+from fedrad.yamlfile import read_yaml_mapping
 
 
 class SiteDataConfigError(ValueError):
@@ -171,16 +171,7 @@ def _describe(error: ValidationError, path: Path) -> str:
 def load_site_file(path: str | Path) -> SiteFile:
     """Read and validate a site YAML; raise SiteDataConfigError with one line naming file and key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SiteDataConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SiteDataConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(raw, dict):
-        raise SiteDataConfigError(f"{path}: the top level must be a mapping with keys site_id and data")
+    raw = read_yaml_mapping(path, SiteDataConfigError, mapping_hint="must be a mapping with keys site_id and data")
     try:
         site = SiteFile.model_validate(raw)
     except ValidationError as exc:
