@@ -134,3 +134,21 @@ def test_site_sources_need_their_list_and_fit_the_task(tmp_path):
     path.write_text("data:\n  source: phantom\n  sites: [a.yaml]\n")
     with pytest.raises(ConfigError, match=r"job.yaml: key 'data': .*data.sites"):
         load_config(path)
+
+
+def test_declared_model_sizes_build_the_server_model_and_data_must_fit_them(tiny_config) -> None:
+    from fedrad.federation import build_task_for
+
+    sites_job = {"data": {"source": "sites", "sites": ["a.yaml"]}, "task": {"kind": "classification"}}
+    with pytest.raises(FederationError, match="task.in_channels"):
+        build_task_for(JobConfig.model_validate(sites_job))  # the deployed server: no data to size from
+    declared = {**sites_job, "task": {"kind": "classification", "in_channels": 3, "num_classes": 5}}
+    task = build_task_for(JobConfig.model_validate(declared))
+    assert (task.in_channels, task.num_classes) == (3, 5)
+    # a site whose images do not fit the declared size is named
+    phantom = load_federation(tiny_config).sites
+    wrong = tiny_config.model_copy(update={"task": tiny_config.task.model_copy(update={"in_channels": 3})})
+    with pytest.raises(FederationError, match="site s1: inputs have 1 channels"):
+        build_task_for(wrong, phantom)
+    fewer = tiny_config.model_copy(update={"task": tiny_config.task.model_copy(update={"num_classes": 4})})
+    assert build_task_for(fewer, phantom).num_classes == 4  # declared above what the labels show: kept

@@ -87,6 +87,10 @@ class TaskConfig(_Strict):
     kind: Literal["auto", "classification", "segmentation", "tabular"] = "auto"
     channels: tuple[int, ...] = Field((16, 32, 64), min_length=1)  # CNN stages, or UNet levels
     hidden: tuple[int, ...] = Field((32, 16), min_length=1)  # tabular MLP widths
+    # The model's input and output sizes. Unset, they come from the data; a deployed job with
+    # data.source 'sites' must set them (the server has no data, and two sites may see different labels).
+    in_channels: int | None = Field(None, ge=1)  # image channels, or tabular features
+    num_classes: int | None = Field(None, ge=2)  # classification and tabular
 
 
 class TrainConfig(_Strict):

@@ -154,7 +154,12 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
 
     Data YAML: `data: {source: phantom, site_id: HOSPITAL}` picks one phantom hospital of the job,
     generated here with the job's seed; anything else is a site file for fedrad.data.readers.
+    The job's `data.harmonize` is applied here exactly as the simulator applies it; the job hash,
+    which every instruction must carry, covers it, so a site cannot run other preprocessing.
     """
+    from fedrad.data.harmonize import Harmonizer  # lazy: MONAI is heavy
+
+    harmonizer = Harmonizer(config.data.harmonize) if config.data.harmonize is not None else None
     try:
         raw = yaml.safe_load(Path(data_path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -165,11 +170,11 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
         phantoms = {d.site_id: d for d in build_sites(config)}
         if wanted not in phantoms:
             raise DeployError(f"{data_path}: key 'data.site_id': {wanted!r} is not one of the job's {sorted(phantoms)}")
-        data = phantoms[wanted]
+        data = phantoms[wanted] if harmonizer is None else harmonizer.site(phantoms[wanted])
     else:
         from fedrad.data.readers import load_site_data  # lazy: DICOM / NIfTI readers are heavy
 
-        data, skipped = load_site_data(data_path)
+        data, skipped = load_site_data(data_path, harmonizer)  # harmonised as read, with real geometry
         if skipped:
             log.warning("%s: %d items skipped while reading", data_path, len(skipped))
     data = dataclasses.replace(data, site_id=kit.site_id)

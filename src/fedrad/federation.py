@@ -7,7 +7,8 @@
 
 Every skipped input is reported (one line naming the file) and counted; a site with no usable data
 stops the job with a message naming its YAML. With `data.harmonize`, every site applies the job's
-preprocessing and a site whose fingerprint differs is refused.
+preprocessing (a site YAML's images as they are read, with their real geometry) and a site whose
+fingerprint differs is refused.
 
 Example:
     >>> federation = load_federation(JobConfig())  # doctest: +SKIP
@@ -65,11 +66,11 @@ def _phantom(config: JobConfig, segmentation: bool) -> list[SiteData]:
     return phantom_sites(specs, seed=config.seed, size=data.image_size, segmentation=segmentation)
 
 
-def _read_sites(config: JobConfig, report: Callable[[str], None]) -> Federation:
+def _read_sites(config: JobConfig, report: Callable[[str], None], harmonizer: Harmonizer | None) -> Federation:
     federation = Federation([])
     for path in config.data.sites or []:
         try:
-            data, skipped = load_site_data(path)
+            data, skipped = load_site_data(path, harmonizer)
         except SiteDataConfigError as exc:
             raise FederationError(str(exc)) from None
         except ValueError as exc:  # a reader's "no usable data" (or a missing folder / CSV column)
@@ -93,14 +94,14 @@ def _read_sites(config: JobConfig, report: Callable[[str], None]) -> Federation:
 def load_federation(config: JobConfig, report: Callable[[str], None] | None = None) -> Federation:
     """Every site of the job, harmonised and checked. `report` gets one line per skipped item."""
     report = report or log.warning
-    source = config.data.source
-    if source == "sites":
-        federation = _read_sites(config, report)
+    harmonizer = Harmonizer(config.data.harmonize) if config.data.harmonize is not None else None
+    if config.data.source == "sites":
+        federation = _read_sites(config, report, harmonizer)  # harmonised as read
     else:
         federation = Federation(_phantom(config, segmentation=resolve_kind(config) == "segmentation"))
-    if config.data.harmonize is not None:
-        harmonizer = Harmonizer(config.data.harmonize)
-        federation.sites = [harmonizer.site(s) for s in federation.sites]
+        if harmonizer is not None:
+            federation.sites = [harmonizer.site(s) for s in federation.sites]
+    if harmonizer is not None:
         check_preprocessing(federation.sites, harmonizer.fingerprint)
     check_shapes(federation.sites)
     return federation
@@ -134,7 +135,8 @@ def resolve_kind(config: JobConfig, sites: Sequence[SiteData] = ()) -> str:
     if config.data.source != "sites":
         return "segmentation" if config.data.source == "phantom_seg" else "classification"
     if not sites:
-        raise FederationError("task.kind 'auto' with data.source 'sites' needs the sites' data to decide")
+        raise FederationError("job key 'task.kind' must be set (not 'auto') when the model is built without the "
+                              "sites' data (the deployed server of a job with data.source 'sites')")
     train = sites[0].train
     if train.inputs.ndim == 2:
         return "tabular"
@@ -147,11 +149,27 @@ def _num_classes(sites: Sequence[SiteData]) -> int:
 
 
 def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()):
-    """The task (model, loss, summable metrics) for the job's kind, sized from the sites' data."""
+    """The task (model, loss, summable metrics) for the job's kind, sized from the job or the sites' data.
+
+    `task.in_channels` / `task.num_classes`, when set, fix the model's size and every site's data
+    must fit them; a deployed server (no sites) of a job reading site YAMLs needs them.
+    """
     kind = resolve_kind(config, sites)
     channels = tuple(config.task.channels)
-    if not sites:  # nothing to size from: the phantom's single-channel images
-        return SegmentationTask(channels=channels) if kind == "segmentation" else ClassificationTask(channels=channels)
+    declared_inputs, declared_classes = config.task.in_channels, config.task.num_classes
+    if not sites:  # nothing to size from: the job's declared sizes, or the phantom's single-channel images
+        undeclared = declared_inputs is None or (kind != "segmentation" and declared_classes is None)
+        if config.data.source == "sites" and undeclared:
+            raise FederationError(
+                "job key 'task.in_channels' and 'task.num_classes' must be set when data.source is 'sites' "
+                "and the model is built without the sites' data (the deployed server)"
+            )
+        inputs, classes = declared_inputs or 1, declared_classes or 2
+        if kind == "segmentation":
+            return SegmentationTask(in_channels=inputs, channels=channels)
+        if kind == "tabular":
+            return TabularTask(inputs, classes, tuple(config.task.hidden))
+        return ClassificationTask(in_channels=inputs, num_classes=classes, channels=channels)
     train = sites[0].train
     wants_masks = kind == "segmentation"
     for data in sites:
@@ -162,10 +180,18 @@ def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()):
         if kind != "tabular" and has_masks != wants_masks:
             what = "masks" if has_masks else "class labels"
             raise FederationError(f"site {data.site_id}: task.kind '{kind}' does not fit its targets ({what})")
+        if declared_inputs is not None and data.train.inputs.shape[1] != declared_inputs:
+            raise FederationError(f"site {data.site_id}: inputs have {data.train.inputs.shape[1]} channels or "
+                                  f"features, the job's task.in_channels is {declared_inputs}")  # fmt: skip
+    classes = _num_classes(sites)
+    if declared_classes is not None and kind != "segmentation":
+        if classes > declared_classes:
+            raise FederationError(f"a site has label {classes - 1}: job key task.num_classes is {declared_classes}")
+        classes = declared_classes
     if kind == "segmentation":
         if any(np.any((d.train.targets != 0) & (d.train.targets != 1)) for d in sites):
             raise FederationError("segmentation needs binary masks (0 / 1); set binarize: true in the site YAMLs")
         return SegmentationTask(in_channels=train.inputs.shape[1], channels=channels)
     if kind == "tabular":
-        return TabularTask(train.inputs.shape[1], _num_classes(sites), tuple(config.task.hidden))
-    return ClassificationTask(in_channels=train.inputs.shape[1], num_classes=_num_classes(sites), channels=channels)
+        return TabularTask(train.inputs.shape[1], classes, tuple(config.task.hidden))
+    return ClassificationTask(in_channels=train.inputs.shape[1], num_classes=classes, channels=channels)

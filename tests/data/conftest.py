@@ -56,6 +56,19 @@ def write_dicom(
     return uid
 
 
+def physical_object(spacing_mm: float, n: int = 64) -> np.ndarray:
+    """An (n, n) image of one physical object sampled at `spacing_mm`, centred in the field of view.
+
+    A broad blob (sigma 5 mm, peak 1000) and a small off-centre one (posterior, on the patient's
+    right in the display layout), so a flip or a wrong scale shows.
+    """
+    centres = (np.arange(n) - (n - 1) / 2) * spacing_mm
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")
+    broad = 1000 * np.exp(-(rows**2 + cols**2) / (2 * 5.0**2))
+    small = 600 * np.exp(-((rows - 8) ** 2 + (cols + 4) ** 2) / (2 * 2.5**2))
+    return (broad + small).astype(np.float32)
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
     path.write_text("\n".join(lines) + "\n")
@@ -84,3 +97,8 @@ def make_dicom():
 @pytest.fixture
 def make_csv():
     return write_csv
+
+
+@pytest.fixture
+def make_object():
+    return physical_object

@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedrad.data.base import SiteData, Split
+from fedrad.data.geometry import Geometry
 from fedrad.data.harmonize import (
     FINGERPRINT_KEY,
     CTWindow,
@@ -66,6 +67,29 @@ def test_ct_window_percentile_crop_and_spacing():
 
     coarse = Harmonizer(HarmonizeConfig(orientation="RA", spacing=(2.0, 2.0))).split(Split(images, masks))
     assert coarse.inputs.shape[2:] == (10, 10)  # 20 px of 1 mm resampled to 2 mm
+
+
+def test_each_image_is_oriented_and_resampled_with_its_own_geometry():
+    # Prepare: an asymmetric image in the display layout, and its pixels stored transposed (rows
+    # toward the patient's left), with axes that say so.
+    image = np.zeros((1, 12, 8), dtype=np.float32)
+    image[0, 2:6, 1:3] = 1.0
+    transposed = np.ascontiguousarray(image.transpose(0, 2, 1))
+    says_so = Geometry((1.0, 1.0), ((-1.0, 0.0), (0.0, -1.0)))
+    harmonizer = Harmonizer(HarmonizeConfig(orientation="PL", spacing=(2.0, 2.0)))
+
+    # Execute
+    display, restored = harmonizer.image(image), harmonizer.image(transposed, says_so)
+    unoriented = Harmonizer(HarmonizeConfig(spacing=(2.0, 2.0))).image(transposed, says_so)
+
+    # Assert: back in the display layout, 2 mm pixels; without the orientation step it stays transposed.
+    assert display.shape == restored.shape == (1, 6, 4)
+    np.testing.assert_allclose(restored, display, atol=1e-6)
+    assert display.max() > 0.5
+    assert unoriented.shape == (1, 4, 6)
+    anisotropic = Harmonizer(HarmonizeConfig(spacing=(2.0, 2.0))).image(np.ones((1, 12, 8), np.float32),
+                                                                       Geometry((1.0, 2.0)))  # fmt: skip
+    assert anisotropic.shape == (1, 6, 8)  # rows 1 mm -> 2 mm; columns already 2 mm
 
 
 def test_a_site_with_other_preprocessing_is_refused_by_name():

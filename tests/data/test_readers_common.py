@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedrad.data.card import CardRecord
+from fedrad.data.readers import PngCsvSource
 from fedrad.data.readers.common import Sample, Skipped, assemble_site, parse_split, resize
 from fedrad.data.readers.intensity import apply_window, normalise
 from fedrad.data.readers.labels import parse_label
@@ -15,8 +16,8 @@ def _samples(groups: list[str], shape=(1, 4, 4)) -> list[Sample]:
 
 
 def _site(samples, skipped=None, seed=0):
-    return assemble_site("s", samples, skipped if skipped is not None else [], where="here", source="t",
-                         fractions=(0.6, 0.2, 0.2), seed=seed, k=5)  # fmt: skip
+    block = PngCsvSource(path="here", fractions=(0.6, 0.2, 0.2), seed=seed, suppress_below=5)
+    return assemble_site("s", samples, skipped if skipped is not None else [], block)
 
 
 def test_seeded_split_keeps_each_group_in_one_split_and_is_reproducible():

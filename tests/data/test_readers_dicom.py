@@ -8,9 +8,18 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_rescale
 
-from fedrad.data.readers import DicomSource
+from fedrad.data.geometry import Geometry
+from fedrad.data.harmonize import HarmonizeConfig, Harmonizer
+from fedrad.data.readers import DicomSource, read_source
 from fedrad.data.readers.dicom import read_dicom
-from fedrad.data.readers.dicom_pixels import modality_units, rescale_of, to_channels
+from fedrad.data.readers.dicom_pixels import (
+    frame_geometry,
+    modality_units,
+    pixel_spacing_mm,
+    pixel_spacings_mm,
+    rescale_of,
+    to_channels,
+)
 from fedrad.data.readers.intensity import apply_window
 
 
@@ -170,3 +179,66 @@ def test_missing_label_column_names_the_csv(tmp_path, make_csv, testdata):
 
     with pytest.raises(ValueError, match=r"labels\.csv: missing column\(s\) \['label'\]"):
         read_dicom(DicomSource(path=testdata("CT_small.dcm"), labels_csv=labels), site_id="s")
+
+
+def _one_scan_site(folder, make_dicom, make_csv, pixels, **attributes) -> DicomSource:
+    """A site folder holding one CT scan (stored values = HU) and its labels CSV."""
+    folder.mkdir()
+    uid = make_dicom(folder / "scan.dcm", pixels.astype(np.int16), intercept=0.0, **attributes)
+    labels = make_csv(folder / "labels.csv", ["SOPInstanceUID", "label"], [[uid, 1]])
+    return DicomSource(path=folder, labels_csv=labels, intensity="raw", fractions=(1.0, 0.0, 0.0))
+
+
+def _harmonised(cfg: DicomSource, **steps) -> np.ndarray:
+    return read_source(cfg, "s", Harmonizer(HarmonizeConfig(**steps))).data.train.inputs[0, 0]
+
+
+def test_two_pixel_spacings_harmonise_to_the_same_millimetre_grid(tmp_path, make_dicom, make_csv, make_object):
+    # Prepare: one object scanned at 0.5 mm (a 32 mm field of view) and at 1.0 mm (64 mm), 64 x 64 px each.
+    fine = _one_scan_site(tmp_path / "fine", make_dicom, make_csv, make_object(0.5), PixelSpacing=[0.5, 0.5])
+    coarse = _one_scan_site(tmp_path / "coarse", make_dicom, make_csv, make_object(1.0), PixelSpacing=[1.0, 1.0])
+    to_mm = {"spacing": (1.0, 1.0), "size": (32, 32), "spatial": "crop"}
+
+    # Execute: resampled to 1 mm before the crop to 32 x 32 px, and the crop alone.
+    with_spacing = [_harmonised(cfg, **to_mm) for cfg in (fine, coarse)]
+    crop_only = [_harmonised(cfg, size=(32, 32), spatial="crop") for cfg in (fine, coarse)]
+
+    # Assert: in mm both show the same 32 mm of anatomy (the residue is MONAI's quarter-pixel grid
+    # offset); cropping pixels alone shows the object at twice the size in the fine scan.
+    assert with_spacing[0].shape == with_spacing[1].shape == (32, 32)
+    assert float(np.abs(with_spacing[0] - with_spacing[1]).mean()) < 20.0  # peak is 1000 HU
+    assert float(np.abs(crop_only[0] - crop_only[1]).mean()) > 200.0
+    card = read_source(fine, "s").data.card
+    assert card["pixel_spacing_mm"] == "<5"  # one patient: suppressed, but it was read
+
+
+def test_image_orientation_patient_is_applied_before_the_resize(tmp_path, make_dicom, make_csv, make_object):
+    # Prepare: the same slice stored top-down (rows toward posterior) and bottom-up (rows toward anterior).
+    image = make_object(1.0)
+    usual = _one_scan_site(tmp_path / "usual", make_dicom, make_csv, image, PixelSpacing=[1.0, 1.0],
+                           ImageOrientationPatient=[1, 0, 0, 0, 1, 0])  # fmt: skip
+    upside = _one_scan_site(tmp_path / "upside", make_dicom, make_csv, image[::-1], PixelSpacing=[1.0, 1.0],
+                            ImageOrientationPatient=[1, 0, 0, 0, -1, 0])  # fmt: skip
+
+    # Execute
+    reoriented = [_harmonised(cfg, orientation="PL", size=(32, 32)) for cfg in (usual, upside)]
+    as_stored = [_harmonised(cfg, size=(32, 32)) for cfg in (usual, upside)]
+
+    # Assert: "PL" (rows toward posterior, columns toward the patient's left) undoes the flip exactly.
+    np.testing.assert_allclose(reoriented[0], reoriented[1], atol=1e-3)
+    np.testing.assert_allclose(reoriented[1], as_stored[0], atol=1e-3)
+    assert float(np.abs(as_stored[0] - as_stored[1]).max()) > 200.0  # the small blob moved
+
+
+def test_frame_geometry_reads_row_and_column_spacing_and_lps_cosines():
+    ds = Dataset()
+    assert frame_geometry(ds) == Geometry((1.0, 1.0))  # nothing known: 1 mm, display layout
+
+    ds.PixelSpacing = [0.5, 0.8]  # (between rows, between columns)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # axial, as displayed
+    assert frame_geometry(ds) == Geometry((0.5, 0.8), ((0.0, -1.0), (-1.0, 0.0)))
+    ds.ImageOrientationPatient = [0, 1, 0, 1, 0, 0]  # axial, transposed: rows toward the left
+    assert frame_geometry(ds).axes == ((-1.0, 0.0), (0.0, -1.0))
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal: only the spacing is used
+    assert frame_geometry(ds) == Geometry((0.5, 0.8))
+    assert pixel_spacings_mm(ds) == (0.5, 0.8) and pixel_spacing_mm(ds) == 0.5

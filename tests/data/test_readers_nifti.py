@@ -6,8 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedrad.data.readers import NiftiSource
-from fedrad.data.readers.nifti import read_nifti
+from fedrad.data.harmonize import HarmonizationError, HarmonizeConfig, Harmonizer
+from fedrad.data.readers import NiftiSource, read_source
+from fedrad.data.readers.nifti import layout_geometry, read_nifti
 
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 
@@ -113,3 +114,66 @@ def test_missing_masks_folder_names_the_key(tmp_path):
 
     with pytest.raises(ValueError, match=r"masks: no such folder \(key 'masks'\)"):
         read_nifti(NiftiSource(path=tmp_path), site_id="s")
+
+
+def _slab(plane: np.ndarray, depth: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A (X, Y, Z) volume repeating `plane` on every slice, and its mask (the bright part)."""
+    image = np.repeat(plane[:, :, None], depth, axis=2).astype(np.float32)
+    return image, (image > 500).astype(np.uint8)
+
+
+def _harmonised(folder, **steps) -> tuple[np.ndarray, np.ndarray]:
+    cfg = NiftiSource(path=folder, intensity="raw", fractions=(1.0, 0.0, 0.0))
+    data = read_source(cfg, "s", Harmonizer(HarmonizeConfig(**steps))).data
+    return data.train.inputs[:, 0], data.train.targets[:, 0]
+
+
+def test_lps_and_ras_files_give_the_same_harmonised_array(tmp_path, make_object):
+    # Prepare: one object stored RAS (x toward the right) and LPS (x and y reversed), same world positions.
+    image, mask = _slab(make_object(1.0, n=24))
+    _write(tmp_path / "ras", "case", image, mask, affine=np.diag([1.0, 1.0, 2.0, 1.0]))
+    lps = np.diag([-1.0, -1.0, 2.0, 1.0])
+    lps[:2, 3] = 23.0
+    _write(tmp_path / "lps", "case", image[::-1, ::-1].copy(), mask[::-1, ::-1].copy(), affine=lps)
+    steps = {"spacing": (1.0, 1.0), "size": (24, 24), "spatial": "crop"}
+
+    # Execute
+    ras, ras_masks = _harmonised(tmp_path / "ras", orientation="PL", **steps)
+    lps_images, lps_masks = _harmonised(tmp_path / "lps", orientation="PL", **steps)
+    flipped, _ = _harmonised(tmp_path / "ras", orientation="AR", **steps)
+    unoriented, _ = _harmonised(tmp_path / "ras", **steps)
+
+    # Assert: same arrays; the slices are in the display layout ("PL" changes nothing, "AR" flips both axes).
+    np.testing.assert_allclose(ras, lps_images, atol=1e-3)
+    np.testing.assert_array_equal(ras_masks, lps_masks)
+    np.testing.assert_allclose(ras, unoriented, atol=1e-3)
+    np.testing.assert_allclose(flipped, ras[:, ::-1, ::-1], atol=1e-3)
+    assert float(np.abs(flipped - ras).max()) > 200.0
+
+
+def test_in_plane_zooms_are_resampled_in_millimetres(tmp_path, make_object):
+    # Prepare: the same object at 0.5 mm and 1.0 mm in-plane (64 x 64 px each: 32 and 64 mm across).
+    for name, mm in (("fine", 0.5), ("coarse", 1.0)):
+        _write(tmp_path / name, "case", *_slab(make_object(mm)), affine=np.diag([mm, mm, 2.0, 1.0]))
+    to_mm = {"spacing": (1.0, 1.0), "size": (32, 32), "spatial": "crop"}
+
+    # Execute
+    (fine, fine_mask), (coarse, coarse_mask) = (_harmonised(tmp_path / n, **to_mm) for n in ("fine", "coarse"))
+    crop_only = [_harmonised(tmp_path / n, size=(32, 32), spatial="crop")[0] for n in ("fine", "coarse")]
+
+    # Assert: images and masks agree in mm; cropping pixels alone does not.
+    assert fine.shape == coarse.shape == (2, 32, 32)
+    assert float(np.abs(fine - coarse).mean()) < 20.0  # peak is 1000
+    assert float(np.abs(fine_mask - coarse_mask).mean()) < 0.03 and set(np.unique(fine_mask)) == {0.0, 1.0}
+    assert float(np.abs(crop_only[0] - crop_only[1]).mean()) > 200.0
+
+
+def test_layout_geometry_follows_the_header_zooms_and_a_mismatched_step_names_the_site(tmp_path):
+    geometry = layout_geometry(np.diag([2.0, 1.0, 3.0, 1.0]))  # x 2 mm, y 1 mm, z 3 mm
+
+    assert geometry.spacing == (3.0, 1.0, 2.0)  # (slice, row, column) = (z, y, x)
+    assert geometry.plane().spacing == (1.0, 2.0)
+    _write(tmp_path, "case", *_volume(0))
+    volumes = NiftiSource(path=tmp_path, mode="volume", size=(6, 10, 8))
+    with pytest.raises(HarmonizationError, match=r"site hosp-x: data.harmonize.orientation 'PL' has 2 axes"):
+        read_source(volumes, "hosp-x", Harmonizer(HarmonizeConfig(orientation="PL")))

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from fedrad.data.readers import PngCsvSource
+from fedrad.data.harmonize import HarmonizeConfig, Harmonizer
+from fedrad.data.readers import PngCsvSource, read_source
 from fedrad.data.readers.png_csv import read_png_csv
 
 
@@ -71,3 +73,42 @@ def test_only_broken_images_raise_naming_the_folder(tmp_path, make_csv):
 
     with pytest.raises(ValueError, match=f"{tmp_path}: no usable data"):
         read_png_csv(PngCsvSource(path=tmp_path), site_id="s")
+
+
+def test_spacing_column_and_yaml_spacing_resample_in_millimetres(tmp_path, make_csv, make_object):
+    # Prepare: one object photographed at 0.5 mm and 1.0 mm per pixel (64 x 64 px each); a third copy
+    # of the fine one whose spacing cell is empty (the YAML's 0.5 mm applies); one unreadable cell.
+    for name, mm in (("a_coarse.png", 1.0), ("b_fine.png", 0.5), ("c_fine_yaml.png", 0.5)):
+        Image.fromarray((make_object(mm) * 255 / 1600).astype(np.uint8)).save(tmp_path / name)
+    make_csv(tmp_path / "labels.csv", ["file", "label", "mm"],
+             [["a_coarse.png", 0, "1.0"], ["b_fine.png", 1, "0.5\\0.5"], ["c_fine_yaml.png", 1, ""],
+              ["d_bad.png", 0, "abc"]])  # fmt: skip
+    cfg = PngCsvSource(path=tmp_path, spacing_column="mm", pixel_spacing_mm=0.5, fractions=(1.0, 0.0, 0.0),
+                       suppress_below=1)  # fmt: skip
+    to_mm = Harmonizer(HarmonizeConfig(spacing=(1.0, 1.0), size=(32, 32), spatial="crop"))
+    crop_only = Harmonizer(HarmonizeConfig(size=(32, 32), spatial="crop"))
+
+    # Execute
+    data, skipped = read_source(cfg, "clinic", to_mm)
+    pixels = read_source(cfg, "clinic", crop_only).data.train.inputs[:, 0]
+
+    # Assert: in mm the three agree (peak about 0.63); in pixels the fine ones show the object twice as large.
+    coarse, fine, fine_yaml = data.train.inputs[:, 0]
+    assert float(np.abs(coarse - fine).mean()) < 0.015
+    np.testing.assert_allclose(fine, fine_yaml)
+    assert float(np.abs(pixels[0] - pixels[1]).mean()) > 0.15
+    assert len(skipped) == 1 and "unreadable spacing 'abc'" in skipped[0].reason
+    assert (data.card["pixel_spacing_mm.min"], data.card["pixel_spacing_mm.max"]) == (0.5, 1.0)
+
+
+def test_without_a_declared_spacing_pixels_are_taken_as_1_mm(tmp_path, make_csv):
+    _grey(tmp_path / "a.png", 100, size=20)
+    make_csv(tmp_path / "labels.csv", ["file", "label"], [["a.png", 0]])
+    cfg = PngCsvSource(path=tmp_path, fractions=(1.0, 0.0, 0.0), size=(8, 8))
+
+    data, _ = read_source(cfg, "c", Harmonizer(HarmonizeConfig(spacing=(2.0, 2.0))))
+
+    assert data.train.inputs.shape == (1, 1, 8, 8)  # the reader's size, after resampling 20 px of 1 mm
+    assert "pixel_spacing_mm.median" not in data.card and "pixel_spacing_mm" not in data.card
+    with pytest.raises(ValidationError):
+        PngCsvSource(path=tmp_path, pixel_spacing_mm=0)

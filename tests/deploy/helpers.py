@@ -12,26 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
+from safetensors.numpy import load_file
 
+from fedrad.config import JobConfig
+from fedrad.simulation import MethodRun, build_sites
 from fedrad.transport.provision import ProjectSpec, ServerSpec, provision
+from tests.tiny import tiny_job
 
 SITES = ("s1", "s2", "s3")
-JOB = {
-    "name": "deploy-tiny",
-    "seed": 3,
-    "data": {
-        "source": "phantom",
-        "image_size": 16,
-        "hospitals": [
-            {"site_id": "s1", "num_patients": 40, "prevalence": 0.5},
-            {"site_id": "s2", "num_patients": 30, "prevalence": 0.4, "scanner": {"gain": 0.7, "gamma": 1.5}},
-            {"site_id": "s3", "num_patients": 20, "prevalence": 0.6, "scanner": {"blur": 1.0}},
-        ],
-    },
-    "task": {"channels": [4, 8]},
-    "train": {"rounds": 3, "local_epochs": 1, "batch_size": 8, "lr": 0.05},
-}
+JOB = tiny_job(name="deploy-tiny", train={"rounds": 3})
 
 
 def free_port() -> int:
@@ -101,3 +93,32 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
             return
         time.sleep(0.05)
     raise TimeoutError(f"gave up waiting for {what} after {timeout_s} s")
+
+
+def finish(federation: Federation, server: subprocess.Popen, out: Path, timeout_s: float = 240) -> dict:
+    """Wait for the server to exit 0 (generous: CI machines running other suites are slow); its summary."""
+    try:
+        code = server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"server did not finish:\n{federation.log('server')}") from None
+    assert code == 0, federation.log("server")
+    return json.loads((out / "summary.json").read_text())
+
+
+def simulate(job: dict, out: Path) -> dict:
+    """The in-process simulator on `job` (its strategy.name), one torch thread as the clients; its summary."""
+    config = JobConfig.model_validate(job)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the clients (OMP_NUM_THREADS=1): float sums depend on the thread count
+    try:
+        return MethodRun(config, config.strategy.name, out, build_sites(config)).run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same_model(deployed: Path, simulated: Path) -> None:
+    """The two model.safetensors hold the same tensors, bit for bit."""
+    expected, got = load_file(simulated / "model.safetensors"), load_file(deployed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name].reshape(array.shape), array, err_msg=name)

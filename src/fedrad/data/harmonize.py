@@ -1,17 +1,21 @@
 """Harmonisation: one preprocessing, declared once in the job, applied identically at every site.
 
 The job's `data.harmonize` block lists the steps, in this fixed order:
-1) orientation (MONAI `Orientation`, axis codes such as "RA" for 2D), 2) resampling to a pixel
+1) orientation (MONAI `Orientation`, axis codes such as "PL" for 2D), 2) resampling to a pixel
 spacing in mm (`Spacing`), 3) intensity normalisation (z-score per image, percentile scaling, or a
 CT window in Hounsfield units), 4) resize or centre crop/pad to a size (`Resize` / `ResizeWithPadOrCrop`).
 Masks follow every spatial step with nearest-neighbour interpolation, so labels stay labels.
 
+Steps 1-2 need to know where each pixel lies. The DICOM, NIfTI and PNG readers therefore apply the
+job's steps to each image as they read it, at its native resolution, with its real geometry
+(`fedrad.data.geometry`: PixelSpacing and ImageOrientationPatient, the NIfTI affine, a PNG's
+declared spacing) carried into a MONAI `MetaTensor`; the fixed size comes last (`Harmonizer.image`).
+Arrays that carry no geometry (phantom hospitals, MedMNIST) are harmonised split by split and taken
+to be in the display layout with square pixels of `input_spacing_mm` (1 mm by default).
+
 Each site computes a fingerprint: the sha256 of the steps it built and the MONAI version that ran
 them. A site whose fingerprint is not the job's is refused (`HarmonizationError` naming the site):
 two sites that preprocess differently would train one model on two different inputs.
-
-The readers' arrays carry no affine, so steps 1-2 see a grid of `input_spacing_mm` pixels (1 mm by
-default) in the arrays' own axis order (rows = anterior-posterior, columns = right-left).
 
 Example:
     >>> h = Harmonizer(HarmonizeConfig(intensity=ZScore(), size=(32, 32)))
@@ -30,9 +34,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedrad.data.base import SiteData, Split
+from fedrad.data.geometry import RAS_LABELS, Geometry
 
 FINGERPRINT_KEY = "preprocessing"  # the card entry each site fills with its fingerprint
-_LPS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class HarmonizationError(ValueError):
@@ -67,7 +71,7 @@ Intensity = Annotated[ZScore | Percentile | CTWindow, Field(discriminator="kind"
 class HarmonizeConfig(_Strict):
     """The job's preprocessing; every field is optional and a missing one is a step not taken."""
 
-    orientation: str | None = Field(None, pattern=r"^[LRPAIS]{2,3}$")  # e.g. "RA"
+    orientation: str | None = Field(None, pattern=r"^[LRPAIS]{2,3}$")  # e.g. "PL": as radiologists view
     spacing: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(None, min_length=2, max_length=3)
     intensity: Intensity | None = None
     size: tuple[Annotated[int, Field(ge=4)], ...] | None = Field(None, min_length=2, max_length=3)
@@ -75,15 +79,16 @@ class HarmonizeConfig(_Strict):
 
 
 class Harmonizer:
-    """Builds the MONAI transforms of a HarmonizeConfig and applies them to whole splits.
+    """Builds the MONAI transforms of a HarmonizeConfig and applies them to images or whole splits.
 
-    A split's images are stacked along MONAI's channel axis, so each spatial step is one call per
-    split; intensity steps run channel-wise, i.e. per image (and per image channel).
+    `image` runs every step on one image with its own geometry (what the image readers call);
+    `split` / `site` stack a split's images along MONAI's channel axis, so each spatial step is one
+    call per split. Intensity steps run channel-wise, i.e. per image (and per image channel).
     """
 
     def __init__(self, config: HarmonizeConfig, input_spacing_mm: float = 1.0):
         self.config = config
-        self.input_spacing_mm = input_spacing_mm
+        self.input_spacing_mm = input_spacing_mm  # assumed for arrays that carry no geometry
         self.steps = self._steps(config)
 
     @staticmethod
@@ -107,11 +112,21 @@ class Harmonizer:
         canonical = json.dumps({"steps": self.steps, "monai": monai.__version__}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def check_dims(self, dims: int) -> None:
+        """Refuse images whose number of spatial dims is not the one the job's steps are written for."""
+        for key in ("orientation", "spacing", "size"):
+            value = getattr(self.config, key)
+            if value is not None and len(value) != dims:
+                shown = repr(value) if isinstance(value, str) else list(value)
+                raise HarmonizationError(
+                    f"data.harmonize.{key} {shown} has {len(value)} axes but the images have {dims} spatial dims"
+                )
+
     def _spatial(self, name: str, params: dict[str, Any], *, mask: bool) -> Any:
         from monai import transforms as T
 
         if name == "Orientation":
-            return T.Orientation(axcodes=params["axcodes"], labels=_LPS_LABELS)
+            return T.Orientation(axcodes=params["axcodes"], labels=RAS_LABELS)
         if name == "Spacing":
             return T.Spacing(pixdim=params["pixdim"], mode="nearest" if mask else "bilinear")
         if name == "Resize":
@@ -131,44 +146,57 @@ class Harmonizer:
         low = params["center"] - params["width"] / 2.0
         return T.ScaleIntensityRange(low, low + params["width"], 0.0, 1.0, clip=True)
 
-    def _run(self, array: np.ndarray, *, mask: bool) -> np.ndarray:
-        """(N, C, *spatial) -> (N, C, *new spatial), every step applied to every image alike."""
+    def image(self, image: np.ndarray, geometry: Geometry | None = None, *, mask: bool = False) -> np.ndarray:
+        """(C, *spatial) -> (C, *new spatial): every step, with the image's geometry in its affine.
+
+        `geometry` None: the display layout with `input_spacing_mm` pixels.
+        """
         import torch
         from monai.data import MetaTensor
 
-        n, c, spatial = array.shape[0], array.shape[1], array.shape[2:]
-        dims = len(spatial)
-        affine = torch.eye(4, dtype=torch.float64)
-        affine[:dims, :dims] *= self.input_spacing_mm
-        x = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(n * c, *spatial),
-                       affine=affine)  # fmt: skip
+        dims = image.ndim - 1
+        geometry = geometry or Geometry((self.input_spacing_mm,) * dims)
+        if geometry.dims != dims:
+            raise HarmonizationError(f"a geometry of {geometry.dims} dims for an image of {dims} spatial dims")
+        self.check_dims(dims)
+        x = MetaTensor(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                       affine=torch.as_tensor(geometry.affine(), dtype=torch.float64))  # fmt: skip
         for name, params in self.steps:
             if name == "Intensity":
                 x = x if mask else self._intensity(params)(x)
                 continue
             x = self._spatial(name, params, mask=mask)(x)
-        out = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
+        return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
+
+    def _run(self, array: np.ndarray, *, mask: bool) -> np.ndarray:
+        """(N, C, *spatial) -> (N, C, *new spatial), with (N * C) as MONAI's channel axis."""
+        n, c = array.shape[:2]
+        out = self.image(array.reshape(n * c, *array.shape[2:]), mask=mask)
         return out.reshape(n, c, *out.shape[1:])
 
     def split(self, split: Split) -> Split:
         """A split with its images (and its masks, where targets are masks) harmonised."""
         if split.inputs.ndim < 4:
             raise HarmonizationError(f"harmonisation needs images (N, C, H, W), got inputs {split.inputs.shape}")
+        self.check_dims(split.inputs.ndim - 2)
         if len(split) == 0:
             return split
         masks = split.targets.ndim == split.inputs.ndim
         targets = self._run(split.targets, mask=True) if masks else split.targets
         return Split(self._run(split.inputs, mask=False), targets)
 
+    def stamp(self, data: SiteData) -> SiteData:
+        """The site's card with the fingerprint of what was applied (and the resulting input shape)."""
+        shape = "x".join(str(d) for d in data.train.inputs.shape[1:])
+        return replace(data, card={**data.card, FINGERPRINT_KEY: self.fingerprint, "input_shape": shape})
+
     def site(self, data: SiteData) -> SiteData:
-        """The site's data harmonised, its card carrying the fingerprint of what was applied."""
+        """A site of arrays without geometry, harmonised split by split and stamped with the fingerprint."""
         try:
             train, val, test = (self.split(s) for s in (data.train, data.val, data.test))
         except HarmonizationError as exc:
             raise HarmonizationError(f"site {data.site_id}: {exc}") from None
-        shape = "x".join(str(d) for d in train.inputs.shape[1:])
-        card = {**data.card, FINGERPRINT_KEY: self.fingerprint, "input_shape": shape}
-        return replace(data, train=train, val=val, test=test, card=card)
+        return self.stamp(replace(data, train=train, val=val, test=test))
 
 
 def verify_site(data: SiteData, expected: str | None) -> None:

@@ -1,4 +1,4 @@
-"""What every reader shares: the skip record, the sample, and turning samples into a SiteData.
+"""What every reader shares: the skip record, the sample, the site grid, and turning samples into a SiteData.
 
 The rule for bad input: one bad file (corrupt, truncated, undecodable, unlabelled, mismatched) never
 stops a site. It becomes a `Skipped(path, reason)` and reading goes on; only a site left with no
@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
 from fedrad.data.base import SiteData, Split, split_indices
 from fedrad.data.card import CardRecord, build_card
+
+if TYPE_CHECKING:
+    from fedrad.data.geometry import Geometry
+    from fedrad.data.harmonize import Harmonizer
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -90,6 +95,24 @@ def resize(image: np.ndarray, size: Sequence[int], *, nearest: bool = False) -> 
     return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
 
 
+def on_grid(
+    image: np.ndarray,
+    geometry: Geometry,
+    size: Sequence[int],
+    harmonizer: Harmonizer | None = None,
+    *,
+    mask: bool = False,
+) -> np.ndarray:
+    """A native image on the site's grid: the job's harmonisation with the image's real geometry
+    (orientation, spacing in mm) where declared, then a resize to the reader's `size` unless the
+    job fixed the size itself. Without harmonisation this is the reader's resize alone."""
+    if harmonizer is not None:
+        image = harmonizer.image(image, geometry, mask=mask)
+        if harmonizer.config.size is not None:
+            return image
+    return resize(image, size, nearest=mask)
+
+
 def _consistent(samples: list[Sample], skipped: list[Skipped]) -> list[Sample]:
     """Keep samples shaped like the first one; the rest are skipped (e.g. a different channel count)."""
     shape = samples[0].input.shape
@@ -114,23 +137,40 @@ def _assign(samples: list[Sample], fractions: tuple[float, float, float], seed: 
     return name_of_group[inverse].astype(str)
 
 
+class SourceBlock(Protocol):
+    """What `assemble_site` reads from a reader's validated data block (config._Source)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def fractions(self) -> tuple[float, float, float]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def suppress_below(self) -> int: ...
+
+
 def assemble_site(
     site_id: str,
     samples: list[Sample],
     skipped: list[Skipped],
+    block: SourceBlock,
     *,
-    where: object,
-    source: str,
-    fractions: tuple[float, float, float],
-    seed: int,
-    k: int,
     patient_unit: str = "patient",
+    where: object = None,
+    harmonizer: Harmonizer | None = None,
 ) -> SiteRead:
-    """Check, split and stack samples into a SiteData with its card; raise if nothing is usable."""
+    """Check, split and stack samples into a SiteData with its card; raise if nothing is usable.
+
+    `where` names the input in the "no usable data" error (default: the block's path); with a
+    `harmonizer`, the samples have been harmonised and the card carries its fingerprint.
+    """
     if not samples:
-        raise no_usable_data(where, skipped)
+        raise no_usable_data(block.path if where is None else where, skipped)
     samples = _consistent(samples, skipped)
-    names = _assign(samples, fractions, seed)
+    names = _assign(samples, block.fractions, block.seed)
     inputs = np.stack([s.input for s in samples]).astype(np.float32, copy=False)
     if isinstance(samples[0].target, np.ndarray):
         targets = np.stack([s.target for s in samples]).astype(np.float32, copy=False)
@@ -139,12 +179,12 @@ def assemble_site(
     splits = {n: Split(inputs[names == n], targets[names == n]) for n in SPLITS}
     card = build_card(
         [s.record for s in samples],
-        source=source,
+        source=block.source,
         split_sizes={n: len(splits[n]) for n in SPLITS},
         num_skipped=len(skipped),
         input_shape=inputs.shape[1:],
         patient_unit=patient_unit,
-        k=k,
+        k=block.suppress_below,
     )
     data = SiteData(site_id, splits["train"], splits["val"], splits["test"], card)
-    return SiteRead(data, skipped)
+    return SiteRead(harmonizer.stamp(data) if harmonizer else data, skipped)

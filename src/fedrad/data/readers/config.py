@@ -30,6 +30,8 @@ from pydantic import (
 from fedrad.data.readers.intensity import Intensity
 from fedrad.yamlfile import read_yaml_mapping
 
+PositiveMm = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
 
 class SiteDataConfigError(ValueError):
     """A site-data YAML that cannot be used; its message is one line naming the file and the key."""
@@ -108,6 +110,9 @@ class PngCsvSource(_Source):
     file_column: str = "file"  # paths relative to `path`
     label_column: str = "label"
     split_column: str | None = None
+    # Pixel spacing in mm: a CSV column (one number, or "row\column" in mm), else this value, else 1 mm.
+    spacing_column: str | None = None
+    pixel_spacing_mm: PositiveMm | tuple[PositiveMm, PositiveMm] | None = None
     channels: Literal[1, 3] = 1
     size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] = (64, 64)
 

@@ -4,7 +4,9 @@ In a folder (searched recursively; DICOM files need no extension) every file is 
 single-frame file (one slice of a series) is one sample, labelled through its key.
 
 Each image is turned into modality units (Hounsfield units for CT, see `dicom_pixels`), then
-windowed (a configured center/width) or normalised per image, and resized to `size` with MONAI.
+windowed (a configured center/width) or normalised per image, and put on the site's grid
+(`common.on_grid`): the job's harmonisation with the frame's PixelSpacing (row and column) and
+ImageOrientationPatient, then a resize to `size` with MONAI unless the job fixes the size.
 Labels come from a CSV keyed by a DICOM attribute (SOPInstanceUID by default, or Study/Series
 InstanceUID, PatientID) or by the file name / path. Multi-frame objects give their middle frame by
 default ("first" or "all" frames on request); with "all", every frame is a sample with the file's
@@ -23,19 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from fedrad.data.card import CardRecord
-from fedrad.data.readers.common import (
-    Sample,
-    SiteRead,
-    SkipItem,
-    Skipped,
-    assemble_site,
-    first_line,
-    no_usable_data,
-    resize,
-)
+from fedrad.data.harmonize import HarmonizationError, Harmonizer
+from fedrad.data.readers.common import Sample, SiteRead, SkipItem, Skipped, assemble_site, first_line, on_grid
 from fedrad.data.readers.config import DicomSource
 from fedrad.data.readers.dicom_pixels import (
     decode,
+    frame_geometry,
     number_of_frames,
     open_dicom,
     pixel_spacing_mm,
@@ -80,7 +75,7 @@ def _key(ds: Any, path: Path, cfg: DicomSource) -> str:
     return value
 
 
-def _read_file(path: Path, cfg: DicomSource, table: dict[str, LabelRow]) -> list[Sample]:
+def _read_file(path: Path, cfg: DicomSource, table: dict[str, LabelRow], harmonizer: Harmonizer | None) -> list[Sample]:
     ds = open_dicom(path)
     key = _key(ds, path, cfg)
     row = table.get(key)
@@ -101,14 +96,14 @@ def _read_file(path: Path, cfg: DicomSource, table: dict[str, LabelRow]) -> list
     for index, frame in select_frames(pixels, ds, cfg.frames):
         units = to_channels(ds, frame, index, cfg.channels)
         mean, std = summary(units)
-        image = resize(to_model_range(units, window, cfg.intensity), cfg.size)
+        image = on_grid(to_model_range(units, window, cfg.intensity), frame_geometry(ds, index), cfg.size, harmonizer)
         origin = f"{path} frame {index}" if multi else str(path)
         stats = replace(record, intensity_mean=mean, intensity_std=std)
         samples.append(Sample(image, row.label, group, origin, stats, row.split))
     return samples
 
 
-def read_dicom(cfg: DicomSource, site_id: str) -> SiteRead:
+def read_dicom(cfg: DicomSource, site_id: str, harmonizer: Harmonizer | None = None) -> SiteRead:
     """Read a DICOM file or folder into a SiteData; bad files are skipped, each with a reason."""
     table, skipped = read_label_table(
         cfg.labels_csv, cfg.key_column or cfg.key, cfg.label_column, cfg.split_column
@@ -117,21 +112,11 @@ def read_dicom(cfg: DicomSource, site_id: str) -> SiteRead:
     samples: list[Sample] = []
     for path in files:
         try:
-            samples.extend(_read_file(path, cfg, table))
+            samples.extend(_read_file(path, cfg, table, harmonizer))
+        except HarmonizationError:
+            raise  # the job's steps do not fit this site's images: not one bad file
         except SkipItem as exc:
             skipped.append(Skipped(str(path), str(exc)))
         except Exception as exc:  # any other failure of one file must not stop the site
             skipped.append(Skipped(str(path), f"not a readable DICOM file: {first_line(exc)}"))
-    if not samples:
-        raise no_usable_data(cfg.path, skipped)
-    return assemble_site(
-        site_id,
-        samples,
-        skipped,
-        where=cfg.path,
-        source="dicom",
-        fractions=cfg.fractions,
-        seed=cfg.seed,
-        k=cfg.suppress_below,
-        patient_unit=_UNIT[cfg.group_by],
-    )
+    return assemble_site(site_id, samples, skipped, cfg, patient_unit=_UNIT[cfg.group_by], harmonizer=harmonizer)

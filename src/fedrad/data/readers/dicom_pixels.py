@@ -1,4 +1,4 @@
-"""DICOM pixel values: decoding, frame choice, modality units (Hounsfield for CT), colour, spacing.
+"""DICOM pixel values: decoding, frame choice, modality units (Hounsfield for CT), colour, geometry.
 
 Modality units follow PS3.3 C.11.1: with a Modality LUT Sequence, pydicom's `apply_modality_lut`
 is used as is; otherwise `stored * RescaleSlope + RescaleIntercept`, where the rescale is read
@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedrad.data.geometry import Geometry, axial_axes, lps_to_ras
 from fedrad.data.readers.common import SkipItem, first_line
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 grey from RGB
@@ -120,16 +121,48 @@ def to_channels(ds: Any, frame: np.ndarray, index: int, channels: int) -> np.nda
     return np.repeat(grey[None], channels, axis=0)
 
 
-def pixel_spacing_mm(ds: Any) -> float | None:
-    """In-plane row spacing in mm from PixelSpacing, ImagerPixelSpacing or the functional groups."""
-    for holder in (ds, _functional(ds, 0, "PixelMeasuresSequence")):
+def _numbers(holders: tuple[Any, ...], keywords: tuple[str, ...], count: int) -> tuple[float, ...] | None:
+    """The first attribute among `keywords` in `holders` that holds `count` finite numbers."""
+    for holder in holders:
         if holder is None:
             continue
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        for keyword in keywords:
             value = holder.get(keyword)
-            if value:
-                try:
-                    return float(value[0])
-                except (TypeError, ValueError, IndexError):
-                    return None
+            if not value:
+                continue
+            try:
+                numbers = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                return None
+            return numbers if len(numbers) == count and np.all(np.isfinite(numbers)) else None
     return None
+
+
+def pixel_spacings_mm(ds: Any, frame: int = 0) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: PixelSpacing, ImagerPixelSpacing, or the functional groups'."""
+    holders = (ds, _functional(ds, frame, "PixelMeasuresSequence"))
+    pair = _numbers(holders, ("PixelSpacing", "ImagerPixelSpacing"), 2)
+    return (pair[0], pair[1]) if pair and min(pair) > 0 else None
+
+
+def pixel_spacing_mm(ds: Any) -> float | None:
+    """In-plane row spacing in mm (the data card's figure)."""
+    pair = pixel_spacings_mm(ds)
+    return pair[0] if pair else None
+
+
+def frame_geometry(ds: Any, frame: int = 0) -> Geometry:
+    """Spacing and axial direction of one frame; 1 mm and the display layout where the file has none.
+
+    ImageOrientationPatient holds the LPS direction cosines of a row (the way the column index
+    grows) and of a column (the way the row index grows); array axis 0 is the row index.
+    """
+    spacing = pixel_spacings_mm(ds, frame) or (1.0, 1.0)
+    holders = (ds, _functional(ds, frame, "PlaneOrientationSequence"))
+    cosines = _numbers(holders, ("ImageOrientationPatient",), 6)
+    axes = None
+    if cosines is not None:
+        along_row, along_column = lps_to_ras(cosines[:3]), lps_to_ras(cosines[3:])
+        if np.linalg.norm(along_row) > 0 and np.linalg.norm(along_column) > 0:
+            axes = axial_axes(along_column, along_row)  # (row index, column index)
+    return Geometry(spacing, axes)

@@ -1,4 +1,4 @@
-"""Label tables: a CSV mapping a key (file name, SOPInstanceUID ...) to a class and maybe a split.
+"""Label tables: a CSV mapping a key (file name, SOPInstanceUID ...) to a class, maybe a split and a spacing.
 
 A missing file or column stops the site (nothing can be labelled); a bad row is only skipped.
 """
@@ -6,6 +6,7 @@ A missing file or column stops the site (nothing can be labelled); a bad row is 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fedrad.data.readers.common import Skipped, parse_split
 class LabelRow:
     label: int
     split: str | None  # canonical "train" / "val" / "test" where the table has a split column
+    spacing: tuple[float, float] | None = None  # (row, column) mm, where the table has a spacing column
 
 
 def parse_label(text: str) -> int:
@@ -24,6 +26,17 @@ def parse_label(text: str) -> int:
     if not value.is_integer() or value < 0:
         raise ValueError(f"label {text!r} is not a non-negative integer")
     return int(value)
+
+
+def parse_spacing(text: str) -> tuple[float, float] | None:
+    """'0.5' -> (0.5, 0.5); '0.5\\0.6', '0.5 0.6' or '0.5x0.6' -> (row, column); '' -> None; else ValueError."""
+    parts = [p for p in re.split(r"[\\\sx;]+", text.strip()) if p]
+    if not parts:
+        return None
+    values = [float(p) for p in parts]  # raises on words
+    if len(values) > 2 or not all(0 < v < float("inf") for v in values):
+        raise ValueError(f"spacing {text!r} is not one or two positive numbers (mm)")
+    return (values[0], values[-1])
 
 
 def open_table(path: Path, required: list[str]) -> tuple[list[str], list[dict[str, str]], list[int]]:
@@ -47,10 +60,14 @@ def open_table(path: Path, required: list[str]) -> tuple[list[str], list[dict[st
 
 
 def read_label_table(
-    path: Path, key_column: str, label_column: str, split_column: str | None = None
+    path: Path,
+    key_column: str,
+    label_column: str,
+    split_column: str | None = None,
+    spacing_column: str | None = None,
 ) -> tuple[dict[str, LabelRow], list[Skipped]]:
-    """key -> LabelRow, and the rows skipped (unreadable label or split, empty or duplicate key)."""
-    required = [key_column, label_column] + ([split_column] if split_column else [])
+    """key -> LabelRow, and the rows skipped (unreadable label, split or spacing, empty or duplicate key)."""
+    required = [key_column, label_column] + [c for c in (split_column, spacing_column) if c]
     _, rows, lines = open_table(path, required)
     table: dict[str, LabelRow] = {}
     skipped: list[Skipped] = []
@@ -74,5 +91,10 @@ def read_label_table(
             if split is None:
                 skipped.append(Skipped(where, f"unknown split {row.get(split_column)!r} for {key!r}"))
                 continue
-        table[key] = LabelRow(label, split)
+        try:
+            spacing = parse_spacing(row.get(spacing_column) or "") if spacing_column else None
+        except ValueError:
+            skipped.append(Skipped(where, f"unreadable spacing {row.get(spacing_column)!r} for {key!r}"))
+            continue
+        table[key] = LabelRow(label, split, spacing)
     return table, skipped

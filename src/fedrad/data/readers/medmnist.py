@@ -84,14 +84,4 @@ def read_medmnist(cfg: MedMnistSource, site_id: str) -> SiteRead:
             origin = f"{cfg.path} {split}[{i}]"
             record = CardRecord(origin, label=int(label))  # no patient identity: one sample, one unit
             samples.append(Sample(image, int(label), origin, origin, record, split))
-    return assemble_site(
-        site_id,
-        samples,
-        [],
-        where=cfg.path,
-        source="medmnist",
-        fractions=cfg.fractions,
-        seed=cfg.seed,
-        k=cfg.suppress_below,
-        patient_unit="sample",
-    )
+    return assemble_site(site_id, samples, [], cfg, patient_unit="sample")

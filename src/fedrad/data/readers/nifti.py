@@ -5,6 +5,8 @@ Segmentation Decathlon's imagesTr / labelsTr work with `images: imagesTr, masks:
 Volumes are reoriented to the closest canonical (RAS+) orientation, laid out as (C, D, H, W) in
 the radiological convention (axial slices, anterior up, patient's right on the left), normalised
 per volume, and either kept whole (`mode: volume`) or cut into axial slices (`mode: slices`).
+The layout's geometry comes from the header's affine (zooms and direction), so the job's
+harmonisation resamples in mm (`common.on_grid`); a slice gets its plane's 2D geometry.
 The slices of one volume always land in the same split. A 4D image is read as multi-channel.
 A mask whose shape or affine differs from its image is skipped with the reason.
 """
@@ -17,16 +19,9 @@ from typing import Any
 import numpy as np
 
 from fedrad.data.card import CardRecord
-from fedrad.data.readers.common import (
-    Sample,
-    SiteRead,
-    SkipItem,
-    Skipped,
-    assemble_site,
-    first_line,
-    no_usable_data,
-    resize,
-)
+from fedrad.data.geometry import Geometry
+from fedrad.data.harmonize import HarmonizationError, Harmonizer
+from fedrad.data.readers.common import Sample, SiteRead, SkipItem, Skipped, assemble_site, first_line, on_grid
 from fedrad.data.readers.config import NiftiSource
 from fedrad.data.readers.intensity import summary, to_model_range
 
@@ -85,27 +80,38 @@ def _layout(volume: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(volume, (3, 2, 1, 0))[:, :, ::-1, ::-1])
 
 
-def _read_case(case: str, image_path: Path, mask_path: Path, cfg: NiftiSource) -> list[Sample]:
+def layout_geometry(affine: np.ndarray) -> Geometry:
+    """The geometry of `_layout`'s (Z, Y, X) axes, Y and X reversed, from the canonical image's affine."""
+    steps = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return Geometry.from_vectors([steps[:, 2], -steps[:, 1], -steps[:, 0]])
+
+
+def _read_case(
+    case: str, image_path: Path, mask_path: Path, cfg: NiftiSource, harmonizer: Harmonizer | None
+) -> list[Sample]:
     import nibabel as nib
 
     image, mask = nib.load(image_path), nib.load(mask_path)
     _check_pair(image, mask, mask_path)
     image, mask = nib.as_closest_canonical(image), nib.as_closest_canonical(mask)
+    geometry = layout_geometry(image.affine)
     units = _layout(np.asarray(image.get_fdata(dtype=np.float32)))
     labels = _layout(np.asarray(mask.dataobj, dtype=np.float32).reshape(mask.shape[:3]))
     labels = (labels > 0).astype(np.float32) if cfg.binarize else labels
     mean, std = summary(units)
-    record = CardRecord(case, pixel_spacing_mm=float(image.header.get_zooms()[0]), intensity_mean=mean,
-                        intensity_std=std)  # fmt: skip
+    record = CardRecord(case, pixel_spacing_mm=geometry.spacing[1], intensity_mean=mean, intensity_std=std)
     window = cfg.window.pair() if cfg.window else None
     volume = to_model_range(units, window, cfg.intensity)
     if cfg.mode == "volume":
-        return [Sample(resize(volume, cfg.size), resize(labels, cfg.size, nearest=True), case,
-                       str(image_path), record)]  # fmt: skip
-    # Slices: resize all axial slices at once, with (C * D) as MONAI's channel axis.
+        return [Sample(on_grid(volume, geometry, cfg.size, harmonizer),
+                       on_grid(labels, geometry, cfg.size, harmonizer, mask=True), case, str(image_path),
+                       record)]  # fmt: skip
+    # Slices: all axial slices in one call each for images and masks, with (C * D) as MONAI's channel axis.
     c, d = volume.shape[:2]
-    planes = resize(volume.reshape(c * d, *volume.shape[2:]), cfg.size).reshape(c, d, *cfg.size)
-    masks = resize(labels[0], cfg.size, nearest=True)
+    plane = geometry.plane()
+    planes = on_grid(volume.reshape(c * d, *volume.shape[2:]), plane, cfg.size, harmonizer)
+    planes = planes.reshape(c, d, *planes.shape[1:])
+    masks = on_grid(labels[0], plane, cfg.size, harmonizer, mask=True)
     return [
         Sample(planes[:, z], masks[z][None], case, f"{image_path} slice {z}", record)
         for z in range(d)
@@ -113,27 +119,17 @@ def _read_case(case: str, image_path: Path, mask_path: Path, cfg: NiftiSource) -
     ]
 
 
-def read_nifti(cfg: NiftiSource, site_id: str) -> SiteRead:
+def read_nifti(cfg: NiftiSource, site_id: str, harmonizer: Harmonizer | None = None) -> SiteRead:
     """Read paired NIfTI volumes and masks; bad or unpaired files are skipped, each with a reason."""
     pairs, skipped = pair_cases(cfg)
     samples: list[Sample] = []
     for case, image_path, mask_path in pairs:
         try:
-            samples.extend(_read_case(case, image_path, mask_path, cfg))
+            samples.extend(_read_case(case, image_path, mask_path, cfg, harmonizer))
+        except HarmonizationError:
+            raise  # the job's steps do not fit this site's images: not one bad volume
         except SkipItem as exc:
             skipped.append(Skipped(str(image_path), str(exc)))
         except Exception as exc:  # one corrupt volume must not stop the site
             skipped.append(Skipped(str(image_path), f"not a readable NIfTI pair: {first_line(exc)}"))
-    if not samples:
-        raise no_usable_data(cfg.path, skipped)
-    return assemble_site(
-        site_id,
-        samples,
-        skipped,
-        where=cfg.path,
-        source="nifti",
-        fractions=cfg.fractions,
-        seed=cfg.seed,
-        k=cfg.suppress_below,
-        patient_unit="volume",
-    )
+    return assemble_site(site_id, samples, skipped, cfg, patient_unit="volume", harmonizer=harmonizer)

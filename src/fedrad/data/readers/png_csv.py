@@ -1,9 +1,14 @@
 """PNG / JPEG folder + labels CSV reader -> a classification SiteData.
 
 The CSV (default `<path>/labels.csv`) has a `file` column (path relative to the folder), a `label`
-column (class index) and optionally a split column. Images are read with Pillow as grey or RGB,
-scaled to [0, 1] and resized to `size` with MONAI. A listed file that is missing, unreadable or
-outside the folder is skipped, and so is an image in the folder without a usable CSV row.
+column (class index), optionally a split column and a pixel-spacing column. Images are read with
+Pillow as grey or RGB, scaled to [0, 1] and put on the site's grid (`common.on_grid`): the job's
+harmonisation with the image's spacing, then a resize to `size` with MONAI unless the job fixes
+the size. The spacing is the CSV's `spacing_column` where given, else the YAML's
+`pixel_spacing_mm`, else 1 mm (a PNG header has no trustworthy spacing); the direction is the
+display layout (rows top to bottom, columns left to right as shown). A listed file that is
+missing, unreadable or outside the folder is skipped, and so is an image in the folder without a
+usable CSV row.
 """
 
 from __future__ import annotations
@@ -13,19 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from fedrad.data.card import CardRecord
-from fedrad.data.readers.common import (
-    Sample,
-    SiteRead,
-    SkipItem,
-    Skipped,
-    assemble_site,
-    first_line,
-    no_usable_data,
-    resize,
-)
+from fedrad.data.geometry import Geometry
+from fedrad.data.harmonize import Harmonizer
+from fedrad.data.readers.common import Sample, SiteRead, SkipItem, Skipped, assemble_site, first_line, on_grid
 from fedrad.data.readers.config import PngCsvSource
 from fedrad.data.readers.intensity import summary
-from fedrad.data.readers.labels import read_label_table
+from fedrad.data.readers.labels import LabelRow, read_label_table
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -55,12 +53,21 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def read_png_csv(cfg: PngCsvSource, site_id: str) -> SiteRead:
+def _spacing(row: LabelRow, cfg: PngCsvSource) -> tuple[float, float] | None:
+    """(row, column) mm: the CSV's, else the YAML's, else None (unknown: 1 mm is assumed)."""
+    if row.spacing is not None:
+        return row.spacing
+    value = cfg.pixel_spacing_mm
+    return (value, value) if isinstance(value, float) else value
+
+
+def read_png_csv(cfg: PngCsvSource, site_id: str, harmonizer: Harmonizer | None = None) -> SiteRead:
     """Read a labelled image folder; bad or unlisted images are skipped, each with a reason."""
     if not cfg.path.is_dir():
         raise ValueError(f"{cfg.path}: no such folder")
     labels_csv = cfg.labels_csv or cfg.path / "labels.csv"
-    table, skipped = read_label_table(labels_csv, cfg.file_column, cfg.label_column, cfg.split_column)
+    table, skipped = read_label_table(labels_csv, cfg.file_column, cfg.label_column, cfg.split_column,
+                                      cfg.spacing_column)  # fmt: skip
     samples: list[Sample] = []
     for name, row in sorted(table.items()):
         where = cfg.path / name
@@ -71,22 +78,13 @@ def read_png_csv(cfg: PngCsvSource, site_id: str) -> SiteRead:
             skipped.append(Skipped(str(where), str(exc)))
             continue
         mean, std = summary(image)
-        record = CardRecord(name, label=row.label, intensity_mean=mean, intensity_std=std)
-        samples.append(Sample(resize(image, cfg.size), row.label, name, str(where), record, row.split))
+        spacing = _spacing(row, cfg)
+        record = CardRecord(name, label=row.label, pixel_spacing_mm=spacing[0] if spacing else None,
+                            intensity_mean=mean, intensity_std=std)  # fmt: skip
+        grid = on_grid(image, Geometry(spacing or (1.0, 1.0)), cfg.size, harmonizer)
+        samples.append(Sample(grid, row.label, name, str(where), record, row.split))
     listed = {(cfg.path / name).resolve() for name in table}
     for path in sorted(cfg.path.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.resolve() not in listed:
             skipped.append(Skipped(str(path), f"no usable row in {labels_csv.name}"))
-    if not samples:
-        raise no_usable_data(cfg.path, skipped)
-    return assemble_site(
-        site_id,
-        samples,
-        skipped,
-        where=cfg.path,
-        source="png_csv",
-        fractions=cfg.fractions,
-        seed=cfg.seed,
-        k=cfg.suppress_below,
-        patient_unit="sample",
-    )
+    return assemble_site(site_id, samples, skipped, cfg, patient_unit="sample", harmonizer=harmonizer)

@@ -20,7 +20,6 @@ from fedrad.data.readers.common import (
     SkipItem,
     Skipped,
     assemble_site,
-    no_usable_data,
     parse_split,
 )
 from fedrad.data.readers.config import TabularSource
@@ -86,19 +85,7 @@ def read_tabular(cfg: TabularSource, site_id: str) -> SiteRead:
             continue
         samples.append(Sample(x, label, where, where, CardRecord(where, label=label), split))
     site_where = f"{cfg.path} (institution {cfg.institution!r})" if cfg.institution else cfg.path
-    if not samples:
-        raise no_usable_data(site_where, skipped)
-    data, skipped = assemble_site(
-        site_id,
-        samples,
-        skipped,
-        where=site_where,
-        source="tabular",
-        fractions=cfg.fractions,
-        seed=cfg.seed,
-        k=cfg.suppress_below,
-        patient_unit="sample",
-    )
+    data, skipped = assemble_site(site_id, samples, skipped, cfg, patient_unit="sample", where=site_where)
     train, val, test = standardise(data.train, data.val, data.test)
     card = {**data.card, "num_features": len(features)}
     return SiteRead(replace(data, train=train, val=val, test=test, card=card), skipped)
