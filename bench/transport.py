@@ -1,13 +1,16 @@
-"""One FedAvg round over gRPC + mTLS on loopback: 4 client processes, 1 / 50 / 200 MB models.
+"""One FedAvg round over gRPC + mTLS on loopback: 1 / 50 / 200 MB models, 4 and 8 client processes.
 
-For each size a fresh server process runs one round through the real server path (Orchestrator,
-FedAvg, update validation, GrpcServerTransport) while four `GrpcClient` processes echo the model
-back (no training: this measures the transport and the server's aggregation). It prints the
-round's wall time, the model bytes moved (4 down + 4 up) per second, and the server's peak
-resident memory above its baseline, in model sizes; then the same round in-process (the
-simulator's transport) in the same server process, as the baseline ratio.
+For each case a fresh server process runs one round through the real server path (Orchestrator,
+FedAvg's running sum, update validation, GrpcServerTransport) while the client processes echo the
+model back (no training: this measures the transport and the server's aggregation). It prints
+the round's wall time, the model bytes moved (down + up) per second, and the server's peak
+resident memory above its baseline (VmRSS after a warm-up round, before the model exists), in
+model sizes; then the same round in-process (the simulator's transport) in the same server
+process, as the baseline ratio. Last, from the 50 and 200 MB rows, the memory each extra model MB
+costs (the slope) and the fixed part (gRPC's stream buffers and threads), and the 8-client row
+against the 4-client row at 50 MB: the sum does not grow with the number of sites.
 
-    .venv/bin/python bench/transport.py            # targets: >= 100 MB/s, peak < 4 x model
+    .venv/bin/python bench/transport.py            # targets: >= 100 MB/s, peak < 4 x model + baseline
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-SITES = ("c0", "c1", "c2", "c3")
-SIZES_MB = (1, 50, 200)
+SITES = tuple(f"c{i}" for i in range(8))
+CASES = ((1, 4), (50, 4), (200, 4), (50, 8))  # (model MB, clients)
 MB = 1 << 20
 
 
@@ -54,37 +57,38 @@ def client(kit: str, port: int) -> None:
     GrpcClient(Echo(site_kit.site_id), site_kit, server_address=f"127.0.0.1:{port}", backoff=Backoff(0.1, 0.5)).run()
 
 
-def _one_round(transport, weights) -> float:
+def _one_round(transport, weights, sites) -> float:
     from fedrad.server.ledger import Ledger
     from fedrad.server.orchestrator import Orchestrator, RunContext
     from fedrad.strategies import FedAvg
 
     strategy = FedAvg()
-    orchestrator = Orchestrator(strategy, RunContext(transport, Ledger(), None), SITES, SITES, 2, eval_every=100)
-    state = strategy.initial_state(weights, SITES)
+    orchestrator = Orchestrator(strategy, RunContext(transport, Ledger(), None), sites, sites, 2, eval_every=100)
+    state = strategy.initial_state(weights, sites)
     started = time.perf_counter()
     orchestrator.round(0, state)  # round 0 of 2, evaluation every 100: train and aggregate only
     return time.perf_counter() - started
 
 
-def server(kit: str, port: int, size_mb: int) -> None:
+def server(kit: str, port: int, size_mb: int, clients: int) -> None:
     from fedrad.transport.grpc_transport import GrpcServerTransport
     from fedrad.transport.inprocess import InProcessTransport
 
+    sites = SITES[:clients]
     rng = np.random.default_rng(0)
     transport = GrpcServerTransport.from_kit_dir(kit, bind=f"127.0.0.1:{port}", reply_timeout_s=300, poll_s=1)
     with transport:
-        if transport.wait_for_sites(SITES, 60):
+        if transport.wait_for_sites(sites, 60):
             raise SystemExit("clients did not connect")
-        _one_round(transport, {"w": np.zeros(16, np.float32)})  # warm-up: connections, threads
+        _one_round(transport, {"w": np.zeros(16, np.float32)}, sites)  # warm-up: connections, threads
         baseline = _rss_mb("VmRSS")
         n = size_mb * MB // 4 // 8  # eight float32 tensors
         weights = {f"layer{i}.weight": rng.standard_normal(n, dtype=np.float32) for i in range(8)}
-        wall = _one_round(transport, weights)
+        wall = _one_round(transport, weights, sites)
         peak = _rss_mb("VmHWM")
-    local = _one_round(InProcessTransport({s: Echo(s) for s in SITES}), weights)
-    moved = 2 * len(SITES) * size_mb
-    print(f"{size_mb:>8} {wall:>8.2f} {moved / wall:>8.0f} {baseline:>10.0f} {peak - baseline:>10.0f} "
+    local = _one_round(InProcessTransport({s: Echo(s) for s in sites}), weights, sites)
+    moved = 2 * clients * size_mb
+    print(f"{size_mb:>8} {clients:>8} {wall:>8.2f} {moved / wall:>8.0f} {baseline:>8.0f} {peak - baseline:>9.0f} "
           f"{(peak - baseline) / size_mb:>8.2f} {local:>8.2f} {wall / local:>8.1f}", flush=True)
 
 
@@ -98,26 +102,33 @@ def main() -> None:
         kits = provision(ProjectSpec(name="bench", server=ServerSpec(hosts=("127.0.0.1",), port=port), sites=SITES),
                          Path(tmp) / "kits")
         me = [sys.executable, __file__]
-        clients = [subprocess.Popen([*me, "client", str(kits.sites[s]), str(port)],
-                                    stderr=subprocess.DEVNULL) for s in SITES]
-        print(f"one FedAvg round, {len(SITES)} client processes, gRPC + mTLS on loopback (MB = 2**20 bytes)")
-        print(f"{'model MB':>8} {'round s':>8} {'MB/s':>8} {'base MB':>10} {'peak+ MB':>10} "
+        print("one FedAvg round, gRPC + mTLS on loopback (MB = 2**20 bytes)")
+        print(f"{'model MB':>8} {'clients':>8} {'round s':>8} {'MB/s':>8} {'base MB':>8} {'peak+ MB':>9} "
               f"{'x model':>8} {'inproc s':>8} {'ratio':>8}")
-        try:
-            for size in SIZES_MB:
-                subprocess.run([*me, "server", str(kits.server), str(port), str(size)], check=True)
-        finally:
-            for process in clients:
-                process.kill()
-                process.wait()
-        print("MB/s: model bytes moved (4 down + 4 up) / round wall; peak+: server VmHWM - VmRSS before the model;")
-        print("x model: peak+ / model size (target < 4); ratio: gRPC round / in-process round, same process")
+        rows = {}
+        for size, count in CASES:
+            clients = [subprocess.Popen([*me, "client", str(kits.sites[s]), str(port)], stderr=subprocess.DEVNULL)
+                       for s in SITES[:count]]
+            try:
+                out = subprocess.run([*me, "server", str(kits.server), str(port), str(size), str(count)],
+                                     check=True, capture_output=True, text=True).stdout
+                print(out, end="", flush=True)
+                rows[size, count] = float(out.split()[5])
+            finally:
+                for process in clients:
+                    process.kill()
+                    process.wait()
+        slope = (rows[200, 4] - rows[50, 4]) / 150
+        print("MB/s: model bytes moved (clients down + clients up) / round wall; peak+: server VmHWM - VmRSS after")
+        print("a warm-up round, before the model; x model: peak+ / model size; ratio: gRPC / in-process round")
+        print(f"memory per model MB (50 -> 200 MB, 4 clients): {slope:.2f} (target < 4); fixed part: "
+              f"{rows[50, 4] - 50 * slope:.0f} MB; 8 vs 4 clients at 50 MB: {rows[50, 8] - rows[50, 4]:+.0f} MB")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         client(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "server":
-        server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()

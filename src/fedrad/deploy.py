@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +50,21 @@ class QuorumTransport:
         self.inner, self.min_sites = inner, min_sites
 
     def dispatch(self, instructions: Sequence[Instruction]) -> list[Reply]:
-        replies = self.inner.dispatch(instructions)
-        fit = [r for i, r in zip(instructions, replies, strict=True) if i.kind == InstructionKind.FIT]
-        needed = min(self.min_sites, len(fit))
-        if sum(r.ok for r in fit) < needed:
-            why = "; ".join(f"{r.site_id}: {r.error}" for r in fit if not r.ok)
-            raise DeployError(
-                f"round {fit[0].round}: {sum(r.ok for r in fit)} of {len(fit)} sites replied, "
-                f"the quorum is {needed}: {why}"
-            )
-        return replies
+        return [reply for _, reply in self.stream(instructions)]
+
+    def stream(self, instructions: Sequence[Instruction]) -> Iterator[tuple[int, Reply]]:
+        """The inner transport's replies; after the last, DeployError if too few training sites replied."""
+        fit, ok, why = 0, 0, []
+        for number, reply in self.inner.stream(instructions):
+            if instructions[number].kind == InstructionKind.FIT:
+                fit, ok = fit + 1, ok + reply.ok
+                if not reply.ok:
+                    why.append(f"{reply.site_id}: {reply.error}")
+            yield number, reply
+        needed = min(self.min_sites, fit)
+        if ok < needed:
+            round = instructions[0].round
+            raise DeployError(f"round {round}: {ok} of {fit} sites replied, the quorum is {needed}: {'; '.join(why)}")
 
 
 @dataclass(frozen=True)

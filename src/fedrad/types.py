@@ -61,7 +61,7 @@ class Instruction:
     round: int
     site_id: str
     kind: InstructionKind
-    payload: Mapping[DataKind, bytes]  # safetensors bytes per kind
+    payload: Mapping[DataKind, bytes | bytearray]  # safetensors bytes per kind
     fit: FitConfig = field(default_factory=FitConfig)
     job_hash: str = ""
     seed: int = 0  # seeds the site's shuffling, so a round is reproducible
@@ -77,7 +77,7 @@ class Reply:
     round: int
     site_id: str
     kind: InstructionKind
-    payload: Mapping[DataKind, bytes] = field(default_factory=dict)
+    payload: Mapping[DataKind, bytes | bytearray] = field(default_factory=dict)
     num_examples: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None

@@ -61,6 +61,9 @@ class _Fixed:
     def dispatch(self, instructions):
         return self.replies
 
+    def stream(self, instructions):
+        yield from enumerate(self.replies)
+
 
 def test_too_few_replies_fail_the_round_with_a_clear_reason() -> None:
     replies = [Reply(2, "a", FIT, num_examples=3), Reply(2, "b", FIT, error="site b: no reply within 5 s")]

@@ -17,9 +17,11 @@ from fedrad.types import DataKind, Instruction, Reply
 SENT = {"w": np.ones((2, 3), np.float32), "n": np.array(4, np.int64)}
 
 
-def test_a_sane_update_passes_and_a_scalar_may_travel_as_shape_1() -> None:
-    received = {"w": np.full((2, 3), 1.5, np.float32), "n": np.array([5], np.int64)}
+def test_a_sane_update_passes_and_a_scalar_must_stay_a_scalar() -> None:
+    received = {"w": np.full((2, 3), 1.5, np.float32), "n": np.array(5, np.int64)}
     assert UpdateValidator(max_update_norm=10).check("a", received, SENT, 10) is None
+    reshaped = UpdateValidator().check("a", {**received, "n": np.array([5], np.int64)}, SENT, 10)
+    assert reshaped == "site a: update rejected: tensor 'n': shape (1,), expected ()"
 
 
 @pytest.mark.parametrize(

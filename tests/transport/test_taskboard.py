@@ -110,3 +110,68 @@ def test_stop_ends_the_wait(stop_first: bool) -> None:
         with _collecting(board, [_instruction("a")], timeout_s=60) as replies:
             threading.Timer(0.05, board.stop).start()
         assert "stopped before the site replied" in replies[0].error
+
+
+def _admit(board: TaskBoard, task: Task, is_active=lambda: True):
+    return board.admit(task.instruction.site_id, task.task_id, task.instruction.site_id, task.instruction.round,
+                       "fit", is_active)
+
+
+def test_uploads_take_turns_in_instruction_order() -> None:
+    # Prepare: b finishes first and announces its reply; a is still training.
+    board = TaskBoard({"a", "b"})
+    events: list[str] = []
+    with _collecting(board, [_instruction("a"), _instruction("b")], timeout_s=10) as replies:
+        task_a, task_b = _pull(board, "a"), _pull(board, "b")
+
+        def site_b() -> None:
+            assert _admit(board, task_b) is None  # blocks until a's reply is in
+            events.append("b admitted")
+            assert board.record("b", task_b.task_id, _reply(task_b, num_examples=2)) is None
+
+        thread = threading.Thread(target=site_b)
+        thread.start()
+        thread.join(timeout=0.3)
+        # Assert: b waits (its bytes stay at the site) while the board waits for a
+        assert thread.is_alive() and events == []
+        assert _admit(board, task_a) is None  # a's turn at once
+        events.append("a admitted")
+        assert board.record("a", task_a.task_id, _reply(task_a, num_examples=1)) is None
+        thread.join(timeout=5)
+    assert events == ["a admitted", "b admitted"]
+    assert [(r.site_id, r.num_examples, r.ok) for r in replies] == [("a", 1, True), ("b", 2, True)]
+
+
+def test_a_site_that_announced_before_the_deadline_is_on_time_when_its_turn_comes_later() -> None:
+    # a never answers; b announces at once, but its turn comes only when a's task expires (0.3 s).
+    board = TaskBoard({"a", "b"})
+    with _collecting(board, [_instruction("a"), _instruction("b")], timeout_s=0.3) as replies:
+        task_b = _pull(board, "b")
+        assert _admit(board, task_b) is None  # returns after the deadline, once a's task closed
+        assert board.record("b", task_b.task_id, _reply(task_b)) is None
+    assert not replies[0].ok and "no reply within 0.3 s" in replies[0].error
+    assert replies[1].ok
+
+
+def test_a_site_that_hangs_up_while_waiting_gives_up_its_announcement() -> None:
+    board = TaskBoard({"a", "b"})
+    with _collecting(board, [_instruction("a"), _instruction("b")], timeout_s=0.5) as replies:
+        task_b = _pull(board, "b")
+        status, reason = _admit(board, task_b, is_active=lambda: False)
+        assert status == Ack.REJECTED and "hung up" in reason
+    # b was not announced any more at the deadline: its task expired like a's
+    assert [r.ok for r in replies] == [False, False] and "no reply within" in replies[1].error
+
+
+def test_the_board_keeps_no_payload_once_a_reply_is_handed_on() -> None:
+    board = TaskBoard({"a"})
+    instruction = _instruction("a")
+    stream = board.stream([instruction], timeout_s=5)
+    thread = threading.Thread(target=lambda: board.record("a", _pull(board, "a").task_id,
+                                                          Reply(4, "a", FIT, {DataKind.WEIGHTS: b"x"}, 3)))
+    thread.start()
+    number, reply = next(stream)
+    thread.join()
+    assert number == 0 and reply.payload[DataKind.WEIGHTS] == b"x"
+    assert board.snapshot()["a"]["tasks"] == []  # closed: the board holds neither the task nor its reply
+    assert next(stream, None) is None

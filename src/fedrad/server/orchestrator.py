@@ -4,6 +4,12 @@ One round: 1) the strategy says whom to ask, 2) instructions go out through the 
 3) replies come back and are booked in the ledger, 4) failed sites become data, 5) the strategy
 aggregates the rest, 6) the models are evaluated on every site's test set, 7) the round is handed
 to `on_round` (which writes metrics and the checkpoint).
+
+Memory: replies are taken one at a time, in instruction order (`Transport.stream`). A strategy
+with `begin` (FedAvg, FedProx, FedBN, FedOpt) folds each accepted update into its running sum
+before the next reply is read, so the server holds the global model (sharing memory with its
+encoded form), the sum and one update, whatever the number of sites. Other strategies get the
+list of results. The order is fixed, so the network gives the simulator's numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrad.codec import CodecError, decode, encode
+from fedrad.codec import CodecError, encode, share_storage, views
 from fedrad.server.ensemble_eval import evaluate_ensemble
 from fedrad.server.evaluation import ModelEvaluation, evaluate_models
 from fedrad.server.ledger import Ledger
 from fedrad.server.validation import UpdateValidator
-from fedrad.strategies.base import FitResult, FitTask, ServerState, Strategy
+from fedrad.strategies.base import FitResult, FitTask, Fold, ServerState, Strategy
 from fedrad.transport.inprocess import Transport
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure
 
@@ -81,9 +87,30 @@ class Orchestrator:
         started = time.perf_counter()
         tasks = self.strategy.configure(round, state, self.train_sites)
         instructions = self._instructions(round, tasks)
-        replies: list[Reply | None] = list(self.ctx.transport.dispatch(instructions))
-        results, failures, train_metrics = self._collect(round, tasks, instructions, replies)
-        state = self.strategy.aggregate(round, state, results)
+        begin = getattr(self.strategy, "begin", None)
+        fold: Fold | None = begin(round, state) if begin is not None else None
+        results: list[FitResult] = []
+        failures: list[SiteFailure] = []
+        train_metrics: dict[str, dict[str, float]] = {}
+        answered = 0
+        for number, reply in self.ctx.transport.stream(instructions):
+            if number != answered:
+                raise RuntimeError(f"round {round}: reply {number} arrived where reply {answered} was due")
+            answered += 1
+            result = self._accept(round, tasks[number], instructions[number], reply, failures)
+            del reply  # its bytes live on only in the result's arrays (views, no copy)
+            if result is None:
+                continue
+            train_metrics[result.site_id] = dict(result.metrics)
+            if fold is not None:
+                fold.add(result, owned=True)  # scaled in place; the first update's buffer becomes the sum
+            else:
+                results.append(result)
+            del result
+        if answered != len(instructions):
+            raise RuntimeError(f"round {round}: {answered} replies to {len(instructions)} instructions")
+        del instructions  # the encoded model: the sites have it
+        state = fold.finish() if fold is not None else self.strategy.aggregate(round, state, results)
         evaluations = {}
         if (round + 1) % self.eval_every == 0 or round + 1 == self.rounds:
             evaluations = self.evaluate(round, state)
@@ -115,7 +142,11 @@ class Orchestrator:
         encoded: dict[int, bytes] = {}  # one serialization per distinct model, however many sites get it
         instructions = []
         for task in tasks:
-            blob = encoded.setdefault(id(task.weights), encode(task.weights))
+            blob = encoded.get(id(task.weights))
+            if blob is None:
+                blob = encoded[id(task.weights)] = encode(task.weights)
+                if isinstance(task.weights, dict):  # the model and its wire form share one buffer
+                    share_storage(task.weights, blob)
             instructions.append(
                 Instruction(
                     round=round,
@@ -130,34 +161,28 @@ class Orchestrator:
             )
         return instructions
 
-    def _collect(
-        self, round: int, tasks: Sequence[FitTask], instructions: Sequence[Instruction], replies: list[Reply | None]
-    ) -> tuple[list[FitResult], list[SiteFailure], dict[str, dict[str, float]]]:
-        """Book, decode and validate each reply; its bytes are released once decoded (`replies` is emptied)."""
-        if len(replies) != len(instructions):
-            raise RuntimeError(f"round {round}: {len(replies)} replies to {len(instructions)} instructions")
-        results, failures, metrics = [], [], {}
-        for number, (task, instruction) in enumerate(zip(tasks, instructions, strict=True)):
-            reply: Reply = replies[number]  # type: ignore[assignment]  # None only for those already done
-            replies[number] = None  # peak memory: one reply's bytes beside the decoded arrays, not all
-            self.ctx.ledger.record_message(round, "train", reply.site_id, "received", instruction.nbytes())
-            self.ctx.ledger.record_message(round, "train", reply.site_id, "sent", reply.nbytes())
-            if not reply.ok:
-                failures.append(SiteFailure(reply.site_id, reply.error or "unknown error"))
-                continue
-            try:
-                weights = decode(reply.payload[DataKind.WEIGHTS])
-                control = decode(reply.payload[DataKind.CONTROL]) if DataKind.CONTROL in reply.payload else None
-            except (KeyError, CodecError) as exc:
-                failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
-                continue
-            rejected = self._rejected(task, reply, weights)
-            if rejected is not None:
-                failures.append(SiteFailure(reply.site_id, rejected))
-                continue
-            results.append(FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics), control))
-            metrics[reply.site_id] = dict(reply.metrics)
-        return results, failures, metrics
+    def _accept(
+        self, round: int, task: FitTask, instruction: Instruction, reply: Reply, failures: list[SiteFailure]
+    ) -> FitResult | None:
+        """Book, decode and validate one reply: a FitResult, or None with the reason in `failures`."""
+        if reply.site_id != task.site_id:
+            raise RuntimeError(f"round {round}: a reply from {reply.site_id} to an instruction for {task.site_id}")
+        self.ctx.ledger.record_message(round, "train", reply.site_id, "received", instruction.nbytes())
+        self.ctx.ledger.record_message(round, "train", reply.site_id, "sent", reply.nbytes())
+        if not reply.ok:
+            failures.append(SiteFailure(reply.site_id, reply.error or "unknown error"))
+            return None
+        try:
+            weights = views(reply.payload[DataKind.WEIGHTS])
+            control = views(reply.payload[DataKind.CONTROL]) if DataKind.CONTROL in reply.payload else None
+        except (KeyError, CodecError) as exc:
+            failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
+            return None
+        rejected = self._rejected(task, reply, weights)
+        if rejected is not None:
+            failures.append(SiteFailure(reply.site_id, rejected))
+            return None
+        return FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics), control)
 
     def _rejected(self, task: FitTask, reply: Reply, weights) -> str | None:
         """Why this update must not be aggregated (logged), or None; the same check for every transport."""

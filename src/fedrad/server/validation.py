@@ -47,7 +47,7 @@ class UpdateValidator:
         for name, reference in sent.items():
             array = np.asarray(received[name])
             # 3) shape and dtype, tensor by tensor
-            if array.shape != reference.shape and not _both_scalar(array, reference):
+            if array.shape != reference.shape:
                 return f"tensor {name!r}: shape {array.shape}, expected {reference.shape}"
             if array.dtype != reference.dtype:
                 return f"tensor {name!r}: dtype {array.dtype}, expected {reference.dtype}"
@@ -62,7 +62,3 @@ class UpdateValidator:
             return f"update norm {squared**0.5:.4g} exceeds the bound {self.max_update_norm:g}"
         return None
 
-
-def _both_scalar(a: np.ndarray, b: np.ndarray) -> bool:
-    """A 0-d tensor travels as shape (1,) (codec.encode uses np.ascontiguousarray): the same value."""
-    return a.size == b.size == 1 and max(a.ndim, b.ndim) <= 1

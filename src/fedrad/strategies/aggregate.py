@@ -9,52 +9,108 @@ import numpy as np
 from fedrad.types import Weights
 
 
-def weighted_mean(updates: Sequence[tuple[Weights, float]]) -> Weights:
-    """Compute the weighted average of several models, name by name (McMahan et al. 2017, eq. 1).
+class WeightedSum:
+    """A running sample-weighted sum of models, folded one update at a time (McMahan et al. 2017, eq. 1).
 
-    Floating-point entries are averaged in float64 and cast back. Integer entries (BatchNorm's
-    num_batches_tracked) get the weighted mean rounded to the nearest integer, so every entry
-    keeps its dtype and a model can be loaded back unchanged.
+    The server never holds more than the sum and the update being folded, however many sites
+    reply. Floating-point entries are summed in their own precision (at least float32): float64
+    would double the sum's memory, and the relative rounding, about n * 6e-8 for n updates, is far
+    below the spread between sites. Integer entries (BatchNorm's num_batches_tracked) are summed in
+    float64 and the mean is rounded to the nearest integer, so every entry keeps its dtype.
+
+    With `pool_batchnorm`, each `X.running_var` whose `X.running_mean` exists becomes the variance
+    of the pooled data (law of total variance: sum_k w_k (var_k + mean_k**2) - mean**2), because the
+    mean of the sites' variances misses the spread of their means (scanners shift them).
+
+    `add(..., owned=True)` says nobody else reads the update's arrays: writable ones are scaled in
+    place and the first update's buffers become the sum, so folding allocates nothing.
     """
+
+    def __init__(self, pool_batchnorm: bool = False):
+        self.pool_batchnorm = pool_batchnorm
+        self.total = 0.0
+        self.count = 0
+        self._sums: dict[str, np.ndarray] = {}
+        self._second: dict[str, np.ndarray] = {}  # running_var name -> sum_k w_k (var_k + mean_k**2), float64
+        self._dtypes: dict[str, np.dtype] = {}
+        self._finished = False
+
+    def add(self, weights: Weights, weight: float, owned: bool = False) -> None:
+        if self._finished:
+            raise ValueError("WeightedSum.add() after mean()")
+        if not weight >= 0:
+            raise ValueError(f"the weight of an update must be non-negative, got {weight}")
+        if self._sums and set(weights) != set(self._sums):
+            differ = sorted(set(weights) ^ set(self._sums))[:5]
+            raise ValueError(f"update names differ from the first update's: {differ}")
+        if self.pool_batchnorm:
+            for var_name, mean_name in _batchnorm_pairs(weights):
+                second = weight * (weights[var_name].astype(np.float64) + weights[mean_name].astype(np.float64) ** 2)
+                self._second[var_name] = second + self._second.get(var_name, 0.0)
+        for name, array in weights.items():
+            self._dtypes.setdefault(name, array.dtype)
+            self._fold(name, np.asarray(array), weight, owned)
+        self.total += float(weight)
+        self.count += 1
+
+    def mean(self) -> Weights:
+        """The weighted mean of everything added, each entry in its original dtype.
+
+        Divides the sums in place (no second model-sized buffer): call it once, after the last `add`.
+        """
+        if self._finished:
+            raise ValueError("WeightedSum.mean() was already called")
+        if not self.count:
+            raise ValueError("weighted mean of no updates")
+        if self.total <= 0:
+            raise ValueError(f"weights of the average must sum to a positive number, got {self.total}")
+        out: Weights = {}
+        for name, total in self._sums.items():
+            dtype = self._dtypes[name]
+            mean = np.divide(total, total.dtype.type(self.total), out=total if total.dtype == dtype else None)
+            out[name] = np.asarray(np.rint(mean) if dtype.kind in "iub" else mean).astype(dtype, copy=False)
+        for var_name, second in self._second.items():
+            mean = out[var_name[: -len("running_var")] + "running_mean"].astype(np.float64)
+            out[var_name] = np.maximum(second / self.total - mean**2, 0.0).astype(self._dtypes[var_name])
+        self._finished = True
+        return out
+
+    def _fold(self, name: str, array: np.ndarray, weight: float, owned: bool) -> None:
+        total = self._sums.get(name)
+        if array.dtype.kind != "f":  # counters: exact in float64
+            scaled = array.astype(np.float64) * weight
+            self._sums[name] = scaled if total is None else total + scaled
+            return
+        dtype = np.promote_types(array.dtype, np.float32)
+        factor = dtype.type(weight)
+        in_place = owned and array.flags.writeable and array.dtype == dtype
+        if total is None:
+            self._sums[name] = np.multiply(array, factor, out=array if in_place else None, dtype=dtype)
+        elif in_place:
+            total += np.multiply(array, factor, out=array)
+        else:
+            total += array.astype(dtype, copy=False) * factor
+
+
+def _batchnorm_pairs(weights: Weights) -> list[tuple[str, str]]:
+    """(running_var, running_mean) names of each BatchNorm layer."""
+    pairs = []
+    for name in weights:
+        if name.endswith("running_var"):
+            mean_name = name[: -len("running_var")] + "running_mean"
+            if mean_name in weights:
+                pairs.append((name, mean_name))
+    return pairs
+
+
+def weighted_mean(updates: Sequence[tuple[Weights, float]], pool_batchnorm: bool = False) -> Weights:
+    """The sample-weighted mean of several models, name by name: a WeightedSum folded in order."""
     if not updates:
         raise ValueError("weighted_mean needs at least one update")
-    total = float(sum(weight for _, weight in updates))
-    if total <= 0:
-        raise ValueError(f"weights of the average must sum to a positive number, got {total}")
-    first = updates[0][0]
-    out: Weights = {}
-    for name, reference in first.items():
-        acc = np.zeros(reference.shape, dtype=np.float64)
-        for weights, weight in updates:
-            acc += weights[name].astype(np.float64) * (weight / total)
-        out[name] = np.rint(acc).astype(reference.dtype) if reference.dtype.kind in "iu" else acc.astype(
-            reference.dtype
-        )
-    return out
-
-
-def pooled_batchnorm_variance(updates: Sequence[tuple[Weights, float]], averaged: Weights) -> Weights:
-    """Replace averaged BatchNorm variances by the variance of the pooled data.
-
-    The mean of the sites' variances misses the spread of their means (scanners shift them), so
-    each `X.running_var` whose `X.running_mean` exists becomes, by the law of total variance,
-    sum_k w_k * (var_k + mean_k**2) - mean**2, with mean the weighted mean of the means.
-    """
-    total = float(sum(weight for _, weight in updates))
-    out = dict(averaged)
-    for name in averaged:
-        if not name.endswith("running_var"):
-            continue
-        mean_name = name[: -len("running_var")] + "running_mean"
-        if mean_name not in averaged:
-            continue
-        second = sum(
-            (w[name].astype(np.float64) + w[mean_name].astype(np.float64) ** 2) * (weight / total)
-            for w, weight in updates
-        )
-        pooled = second - averaged[mean_name].astype(np.float64) ** 2
-        out[name] = np.maximum(pooled, 0.0).astype(averaged[name].dtype)
-    return out
+    total = WeightedSum(pool_batchnorm)
+    for weights, weight in updates:
+        total.add(weights, weight)
+    return total.mean()
 
 
 def batchnorm_names(weights: Weights) -> set[str]:

@@ -7,12 +7,13 @@ Instruction (encoding, job hash, seed) and a successful Reply back into a FitRes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from fedrad.strategies.aggregate import WeightedSum
 from fedrad.types import FitConfig, Weights
 
 GLOBAL = "global"  # the name of the one shared model in ServerState.models
@@ -60,3 +61,46 @@ class Strategy(Protocol):
     def configure(self, round: int, state: ServerState, sites: Sequence[str]) -> list[FitTask]: ...
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState: ...
+
+
+class Fold(Protocol):
+    """A round's aggregation taken one reply at a time: the server's streaming path.
+
+    A strategy that offers `begin(round, state) -> Fold` is aggregated as replies arrive, so
+    the server holds the running result and one update, not every site's model. Its `aggregate`
+    must be `fold_all(self.begin(round, state), results)`, so both paths give the same numbers.
+    """
+
+    def add(self, result: FitResult, owned: bool = False) -> None: ...
+
+    def finish(self) -> ServerState: ...
+
+
+class MeanFold:
+    """Folds each result's (selected) weights into a WeightedSum; `then` turns the mean into the next state.
+
+    With no result at all the state is kept: every asked site failed, the round is recorded as such.
+    """
+
+    def __init__(
+        self,
+        state: ServerState,
+        then: Callable[[Weights], ServerState],
+        select: Callable[[Weights], Weights] | None = None,
+        pool_batchnorm: bool = True,
+    ):
+        self.state, self.then, self.select = state, then, select
+        self.sum = WeightedSum(pool_batchnorm)
+
+    def add(self, result: FitResult, owned: bool = False) -> None:
+        weights = result.weights if self.select is None else self.select(result.weights)
+        self.sum.add(weights, result.num_examples, owned)
+
+    def finish(self) -> ServerState:
+        return self.state if self.sum.count == 0 else self.then(self.sum.mean())
+
+
+def fold_all(fold: Fold, results: Sequence[FitResult]) -> ServerState:
+    for result in results:
+        fold.add(result)
+    return fold.finish()

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrad.strategies.aggregate import pooled_batchnorm_variance, weighted_mean
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState
+from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
 from fedrad.types import FitConfig, Weights
 
 
@@ -56,9 +55,9 @@ class FedAvg:
         weights = state.models[GLOBAL]
         return [FitTask(site, weights, self.config.fit) for site in self.sample(round, sites)]
 
+    def begin(self, round: int, state: ServerState) -> MeanFold:
+        """The round's running weighted mean; every asked site failing keeps the model."""
+        return MeanFold(state, lambda mean: ServerState(models={GLOBAL: mean}, extra=state.extra))
+
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
-        if not results:  # every asked site failed: keep the model, the round is recorded as failed
-            return state
-        updates = [(r.weights, r.num_examples) for r in results]
-        new = pooled_batchnorm_variance(updates, weighted_mean(updates))
-        return ServerState(models={GLOBAL: new}, extra=state.extra)
+        return fold_all(self.begin(round, state), results)

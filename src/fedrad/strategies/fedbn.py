@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedrad.strategies.aggregate import batchnorm_names, weighted_mean
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState
+from fedrad.strategies.aggregate import batchnorm_names
+from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
 from fedrad.strategies.fedavg import FedAvg, FedAvgConfig
 from fedrad.types import Weights
 
@@ -40,8 +40,9 @@ class FedBN:
         weights = state.models[GLOBAL]
         return [FitTask(site, weights, self.config.fit) for site in self._sampler.sample(round, sites)]
 
+    def begin(self, round: int, state: ServerState) -> MeanFold:
+        then = lambda mean: ServerState(models={GLOBAL: mean}, extra=state.extra)  # noqa: E731
+        return MeanFold(state, then, select=shared_part, pool_batchnorm=False)
+
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
-        if not results:
-            return state
-        updates = [(shared_part(r.weights), r.num_examples) for r in results]
-        return ServerState(models={GLOBAL: weighted_mean(updates)}, extra=state.extra)
+        return fold_all(self.begin(round, state), results)

@@ -19,12 +19,10 @@ import numpy as np
 from fedrad.strategies.aggregate import (
     adam_step,
     momentum_step,
-    pooled_batchnorm_variance,
     pseudo_gradient,
     trainable_names,
-    weighted_mean,
 )
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState
+from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
 from fedrad.strategies.fedavg import FedAvg, FedAvgConfig
 from fedrad.types import Weights
 
@@ -68,12 +66,15 @@ class FedOpt:
         weights = state.models[GLOBAL]
         return [FitTask(site, weights, self.config.fedavg.fit) for site in self._sampler.sample(round, sites)]
 
+    def begin(self, round: int, state: ServerState) -> MeanFold:
+        return MeanFold(state, lambda averaged: self._step(state, averaged))
+
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
-        if not results:
-            return state
+        return fold_all(self.begin(round, state), results)
+
+    def _step(self, state: ServerState, averaged: Weights) -> ServerState:
+        """The server optimiser's step along the pseudo-gradient x - mean(y_i)."""
         c, current = self.config, state.models[GLOBAL]
-        updates = [(r.weights, r.num_examples) for r in results]
-        averaged = pooled_batchnorm_variance(updates, weighted_mean(updates))
         names = trainable_names(current)
         delta = pseudo_gradient(current, averaged, names)
         m = {n: state.extra[f"m/{n}"] for n in names}

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedrad.strategies.aggregate import (
-    pooled_batchnorm_variance,
     scaffold_control_update,
     trainable_names,
     weighted_mean,
@@ -53,7 +52,7 @@ class Scaffold:
         if not results:
             return state
         updates = [(r.weights, r.num_examples) for r in results]
-        model = pooled_batchnorm_variance(updates, weighted_mean(updates))
+        model = weighted_mean(updates, pool_batchnorm=True)
         deltas = [r.control for r in results if r.control is not None]
         control = scaffold_control_update(control_of(state), deltas, int(state.extra[NUM_SITES]))
         extra = {f"c/{n}": c for n, c in control.items()} | {NUM_SITES: state.extra[NUM_SITES]}

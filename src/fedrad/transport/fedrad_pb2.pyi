@@ -127,10 +127,12 @@ class SubmitAck(_message.Message):
         ACCEPTED: _ClassVar[SubmitAck.Status]
         DUPLICATE: _ClassVar[SubmitAck.Status]
         REJECTED: _ClassVar[SubmitAck.Status]
+        PROCEED: _ClassVar[SubmitAck.Status]
     STATUS_UNSPECIFIED: SubmitAck.Status
     ACCEPTED: SubmitAck.Status
     DUPLICATE: SubmitAck.Status
     REJECTED: SubmitAck.Status
+    PROCEED: SubmitAck.Status
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     status: SubmitAck.Status

@@ -119,18 +119,51 @@ class GrpcClient:
             self._channel = None
 
     def submit(self, task_id: str, reply: Reply) -> pb.SubmitAck:
-        """Send one reply (one attempt; grpc.RpcError on failure) and return the server's verdict."""
+        """Send one reply (one attempt; grpc.RpcError or WireError on failure) and return the verdict.
+
+        The header goes first; the chunks follow only when the server answers PROCEED (its uploads
+        take turns), so while this site waits its bytes stay here, not in the server's buffers.
+        """
         try:
             messages = list(wire.reply_messages(reply, task_id, self.chunk_size))
         except wire.WireError as exc:  # e.g. a metric that is not a number: report that instead
             reply = Reply(reply.round, self.kit.site_id, reply.kind, error=f"unsendable reply: {exc}")
             messages = list(wire.reply_messages(reply, task_id, self.chunk_size))
-        self.bytes_sent += sum(message.ByteSize() for message in messages)
-        submit = self._connect().stream_unary(
+        proceed, finished = threading.Event(), threading.Event()
+
+        def requests() -> Iterator[pb.ClientMessage]:
+            yield messages[0]
+            self.bytes_sent += messages[0].ByteSize()
+            while not proceed.wait(0.5):
+                if finished.is_set():
+                    return
+            if finished.is_set():
+                return
+            for message in messages[1:]:
+                yield message
+                self.bytes_sent += message.ByteSize()
+
+        submit = self._connect().stream_stream(
             wire.SUBMIT_METHOD, pb.ClientMessage.SerializeToString, pb.SubmitAck.FromString
         )
-        ack = submit(iter(messages))
-        self.bytes_received += ack.ByteSize()
+        call = submit(requests())
+        self._call = call
+        if self._stop.is_set():
+            call.cancel()
+        ack = None
+        try:
+            for answer in call:
+                self.bytes_received += answer.ByteSize()
+                if answer.status == pb.SubmitAck.PROCEED:
+                    proceed.set()
+                    continue
+                ack = answer
+                break
+        finally:
+            finished.set()
+            self._call = None
+        if ack is None:
+            raise wire.WireError(f"task {task_id}: the server closed the submission without a verdict")
         status = pb.SubmitAck.Status.Name(ack.status)
         self.acks.append((task_id, status, ack.reason))
         if ack.status == pb.SubmitAck.REJECTED:

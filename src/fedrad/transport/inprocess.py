@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from fedrad.types import Instruction, Reply
@@ -11,6 +11,11 @@ from fedrad.types import Instruction, Reply
 class Transport(Protocol):
     def dispatch(self, instructions: Sequence[Instruction]) -> list[Reply]:
         """Deliver each instruction and return one reply per instruction, failures included."""
+        ...
+
+    def stream(self, instructions: Sequence[Instruction]) -> Iterator[tuple[int, Reply]]:
+        """The same replies, (instruction number, reply), yielded in instruction order as each is
+        ready, so the caller can fold one and let it go before the next is taken in."""
         ...
 
 
@@ -22,6 +27,10 @@ class InProcessTransport:
 
     def dispatch(self, instructions: Sequence[Instruction]) -> list[Reply]:
         return [self._deliver(instruction) for instruction in instructions]
+
+    def stream(self, instructions: Sequence[Instruction]) -> Iterator[tuple[int, Reply]]:
+        for number, instruction in enumerate(instructions):
+            yield number, self._deliver(instruction)
 
     def _deliver(self, instruction: Instruction) -> Reply:
         site = self.sites.get(instruction.site_id)

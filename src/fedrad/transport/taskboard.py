@@ -5,6 +5,13 @@ alone: one task per instruction, queued per site; the first valid reply answers 
 deadline the unanswered ones become failed Replies and close. A submission for a closed,
 unknown, other site's or other round's task is rejected; a repeat of an answered one is a
 DUPLICATE, so a client that retries after a lost acknowledgement does no harm. Thread-safe.
+
+Uploads take turns. A site's reply header is judged and *announced* as soon as it arrives, but
+its payload is read only when the consumer of `stream` asks for that task: in instruction order,
+one at a time. The server therefore holds one incoming update at a time, however many sites
+finish together (the others wait, their bytes still at the site), and folds them in a fixed
+order, so a round's result does not depend on who finished first. A site that announced
+before the deadline is on time even if its turn comes later.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from fedrad.transport import fedrad_pb2 as pb
@@ -40,6 +47,8 @@ class Task:
     header: pb.InstructionHeader  # built once, so the payload digests are computed once
     reply: Reply | None = None
     deliveries: int = 0
+    announced: bool = False  # its reply header arrived; the upload waits for its turn or is under way
+    answered: bool = False  # a reply was recorded (kept after the reply itself is handed on)
 
 
 class TaskBoard:
@@ -54,34 +63,79 @@ class TaskBoard:
         self._last_seen: dict[str, float] = {}
         self._refused: dict[str, str] = {}  # certificate CN -> why its last call was refused
         self._late: dict[str, int] = defaultdict(int)  # replies that arrived after their task's deadline
+        self._turn: Task | None = None  # the task whose upload the consumer of `stream` waits for
 
     def collect(
         self, instructions: Sequence[Instruction], timeout_s: float, min_replies: int = 0, grace_s: float = 0.0
     ) -> list[Reply]:
-        """Open one task per instruction, wait for the replies until the deadline, close them all.
+        """Every reply of `stream`, in instruction order."""
+        return [reply for _, reply in self.stream(instructions, timeout_s, min_replies, grace_s)]
 
-        If fewer than `min_replies` replies are in at the deadline, wait up to `grace_s` longer for
-        that many (a quorum); the round then closes with whatever has arrived.
+    def stream(
+        self, instructions: Sequence[Instruction], timeout_s: float, min_replies: int = 0, grace_s: float = 0.0
+    ) -> Iterator[tuple[int, Reply]]:
+        """Open one task per instruction; yield (number, reply) in instruction order, each as it is in.
+
+        A task whose site has not announced a reply by the deadline closes as a failed Reply. If
+        fewer than `min_replies` sites have replied or announced at the deadline, the round waits up
+        to `grace_s` longer (a quorum). An announced upload gets another `timeout_s` to complete.
+        Tasks left when the caller stops iterating are closed.
         """
-        replies: dict[int, Reply] = {}
-        tasks: list[tuple[int, Task]] = []
+        entries: list[Task | Reply] = []
         with self.cond:
-            for number, instruction in enumerate(instructions):
+            for instruction in instructions:
                 task_or_error = self._open(instruction)
-                if isinstance(task_or_error, str):
-                    replies[number] = failed(instruction, task_or_error)
-                else:
-                    tasks.append((number, task_or_error))
+                entries.append(failed(instruction, task_or_error) if isinstance(task_or_error, str) else task_or_error)
             self.cond.notify_all()
-            self.cond.wait_for(lambda: self.stopped or all(t.reply for _, t in tasks), timeout=timeout_s)
-            quorum = min(min_replies, len(tasks))
-            if grace_s > 0 and sum(t.reply is not None for _, t in tasks) < quorum:
-                enough = lambda: self.stopped or sum(t.reply is not None for _, t in tasks) >= quorum  # noqa: E731
-                self.cond.wait_for(enough, timeout=grace_s)
-            for number, task in tasks:
-                replies[number] = task.reply or failed(task.instruction, self._why_missing(task, timeout_s))
-                self._close(task)
-        return [replies[number] for number in range(len(instructions))]
+        tasks = [entry for entry in entries if isinstance(entry, Task)]
+        deadline = time.monotonic() + timeout_s
+        quorum = min(min_replies, len(tasks))
+        try:
+            for number in range(len(entries)):
+                if isinstance(entries[number], Reply):
+                    yield number, entries[number]  # type: ignore[misc]
+                    continue
+                # no local name holds the reply while the caller folds it: its bytes go when the caller drops them
+                task: Task = entries[number]  # type: ignore[assignment]
+                yield number, self._take(task, tasks, deadline, timeout_s, quorum, grace_s)
+        finally:
+            with self.cond:
+                self._turn = None
+                for task in tasks:
+                    if task.task_id in self._tasks:
+                        self._close(task)
+                self.cond.notify_all()
+
+    def admit(
+        self, site: str, task_id: str, claimed: str, round: int, kind: str, is_active: Callable[[], bool]
+    ) -> Verdict:
+        """Announce a reply header and wait for its upload's turn; None when the payload may be read now."""
+        with self.cond:
+            verdict = self._verdict(site, task_id, claimed, round, kind)
+            if verdict is not None:
+                return verdict
+            task = self._tasks[task_id]
+            if task.announced:
+                return Ack.REJECTED, f"task {task_id}: another upload of this reply is under way"
+            task.announced = True
+            self.cond.notify_all()
+            while self._turn is not task and task.task_id in self._tasks and not self.stopped:
+                if not is_active():
+                    task.announced = False
+                    self.cond.notify_all()
+                    return Ack.REJECTED, f"task {task_id}: the site hung up while waiting for its turn"
+                self.cond.wait(1.0)
+            return self._verdict(site, task_id, claimed, round, kind) or (
+                None if not self.stopped else (Ack.REJECTED, "the server is stopping")
+            )
+
+    def withdraw(self, task_id: str) -> None:
+        """An admitted upload failed (malformed, or the site hung up): the task waits for a new one."""
+        with self.cond:
+            task = self._tasks.get(task_id)
+            if task is not None:
+                task.announced = False
+                self.cond.notify_all()
 
     def next_task(self, site: str, poll_s: float, is_active: Callable[[], bool]) -> Task | None:
         """The site's first unanswered task, waiting up to `poll_s` for one; None if none came."""
@@ -92,7 +146,7 @@ class TaskBoard:
             while True:
                 # An unanswered task is offered again: a client asks for work only when it is idle,
                 # so it lost the previous delivery (crash, dropped connection).
-                task = next((t for t in self._queues.get(site, ()) if t.reply is None), None)
+                task = next((t for t in self._queues.get(site, ()) if not t.answered), None)
                 remaining = deadline - time.monotonic()
                 if task is not None or self.stopped or remaining <= 0 or not is_active():
                     break
@@ -107,12 +161,15 @@ class TaskBoard:
             return self._verdict(site, task_id, claimed, round, kind)
 
     def record(self, site: str, task_id: str, reply: Reply) -> Verdict:
-        """Record a reply unless the deadline passed or a twin arrived meanwhile; the verdict either way."""
+        """Record a reply unless its task closed or a twin arrived meanwhile; the verdict either way."""
         with self.cond:
             verdict = self._verdict(site, task_id, reply.site_id, reply.round, reply.kind.value)
-            if verdict is None:
-                self._tasks[task_id].reply = reply
-                self.cond.notify_all()
+            task = self._tasks.get(task_id)
+            if verdict is None and task is not None:
+                task.reply, task.answered, task.announced = reply, True, False
+            elif task is not None and task.announced and not task.answered:
+                task.announced = False
+            self.cond.notify_all()
             return verdict
 
     def refused(self, name: str, reason: str) -> None:
@@ -143,7 +200,7 @@ class TaskBoard:
                 site: {
                     "tasks": [
                         {"round": t.instruction.round, "kind": t.instruction.kind.value,
-                         "delivered": t.deliveries, "answered": t.reply is not None}
+                         "delivered": t.deliveries, "answered": t.answered, "uploading": t.announced}
                         for t in self._queues.get(site, ())
                     ],
                     "last_seen_s": round(now - self._last_seen[site], 1) if site in self._last_seen else None,
@@ -161,6 +218,32 @@ class TaskBoard:
     def wake(self) -> None:
         with self.cond:
             self.cond.notify_all()
+
+    def _take(
+        self, task: Task, tasks: Sequence[Task], deadline: float, timeout_s: float, quorum: int, grace_s: float
+    ) -> Reply:
+        """Give `task` the upload turn and wait for its reply; close it; the reply, or why it is missing."""
+        with self.cond:
+            self._turn = task
+            self.cond.notify_all()
+            while not (self.stopped or task.answered):
+                now = time.monotonic()
+                if now < deadline:
+                    self.cond.wait(deadline - now)
+                    continue
+                heard = sum(t.answered or t.announced for t in tasks)
+                closes_at = deadline + grace_s if heard < quorum else deadline
+                if task.announced:
+                    closes_at = max(closes_at, deadline + timeout_s)  # its upload is under way: let it finish
+                if now >= closes_at:
+                    break
+                self.cond.wait(closes_at - now)
+            reply = task.reply or failed(task.instruction, self._why_missing(task, timeout_s))
+            task.reply = None  # handed on: the board keeps no payload
+            self._turn = None
+            self._close(task)
+            self.cond.notify_all()
+            return reply
 
     # with self.cond held ------------------------------------------------------------------------
 
@@ -194,14 +277,14 @@ class TaskBoard:
             return Ack.REJECTED, f"task {task_id} belongs to site {expected.site_id!r}, not {claimed!r}"
         if round != expected.round or kind != expected.kind.value:
             return Ack.REJECTED, f"stale: a reply for round {round} ({kind}) to a round {expected.round} task"
-        if task.reply is not None:
+        if task.answered:
             return Ack.DUPLICATE, f"task {task_id} was already answered; the first reply stands"
         return None
 
     def _close(self, task: Task) -> None:
         self._tasks.pop(task.task_id, None)
         self._queues[task.instruction.site_id].remove(task)
-        self._closed[task.task_id] = "answered" if task.reply else "expired: its deadline had passed"
+        self._closed[task.task_id] = "answered" if task.answered else "expired: its deadline had passed"
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
 

@@ -148,7 +148,8 @@ class Reassembler:
             if (h.size == 0) != (h.num_chunks == 0) or h.num_chunks > h.size:
                 raise WireError(f"payload {h.kind!r}: {h.num_chunks} chunks cannot carry {h.size} bytes")
         self.kinds = kinds
-        self.buffers = [bytearray() for _ in self.headers]
+        self.buffers = [bytearray(h.size) for h in self.headers]  # allocated once: growing would copy
+        self.filled = [0 for _ in self.headers]
         self.position = (0, 0)  # (payload, chunk) expected next
         self._skip_complete()
 
@@ -158,16 +159,17 @@ class Reassembler:
             raise WireError(f"unexpected chunk {chunk.payload}/{chunk.index}: all payloads are complete")
         if (chunk.payload, chunk.index) != (payload, index):
             raise WireError(f"chunk {chunk.payload}/{chunk.index} out of order, expected {payload}/{index}")
-        header, buffer = self.headers[payload], self.buffers[payload]
+        header, start = self.headers[payload], self.filled[payload]
         last = index + 1 == header.num_chunks
-        buffer += chunk.data
-        if not chunk.data or len(buffer) > header.size or (last and len(buffer) != header.size):
-            got = f"chunk {index} leaves {len(buffer)} of {header.size} bytes"
-            raise WireError(f"payload {header.kind!r}: {got}")
+        end = start + len(chunk.data)
+        if not chunk.data or end > header.size or (last and end != header.size):
+            raise WireError(f"payload {header.kind!r}: chunk {index} leaves {end} of {header.size} bytes")
+        self.buffers[payload][start:end] = chunk.data
+        self.filled[payload] = end
         self.position = (payload + 1, 0) if last else (payload, index + 1)
         self._skip_complete()
 
-    def finish(self) -> dict[DataKind, bytes]:
+    def finish(self) -> dict[DataKind, bytearray]:
         payload, index = self.position
         if payload < len(self.headers):
             kind = self.headers[payload].kind
@@ -175,9 +177,10 @@ class Reassembler:
         for header, buffer in zip(self.headers, self.buffers, strict=True):
             if hashlib.sha256(buffer).digest() != header.sha256:
                 raise WireError(f"payload {header.kind!r}: sha256 does not match the header")
-        return {kind: bytes(buffer) for kind, buffer in zip(self.kinds, self.buffers, strict=True)}
+        # The buffers themselves, not copies: the server reads updates as writable views of them.
+        return dict(zip(self.kinds, self.buffers, strict=True))
 
-    def read(self, messages: Iterator[pb.ServerMessage] | Iterator[pb.ClientMessage]) -> dict[DataKind, bytes]:
+    def read(self, messages: Iterator[pb.ServerMessage] | Iterator[pb.ClientMessage]) -> dict[DataKind, bytearray]:
         for message in messages:
             if message.WhichOneof("body") != "chunk":
                 raise WireError(f"expected a chunk, got {message.WhichOneof('body')!r}")
