@@ -124,6 +124,8 @@ def client(
     runner = GrpcClient(site, site_kit, server_address=server_address, backoff=Backoff(cap_s=backoff_cap), seed=seed)
     try:
         runner.run()
+        if runner.finished is not None:
+            console.print(f"site {site_kit.site_id}: {runner.finished}; {runner.handled} instructions handled, exiting")
     except ClientRefused as exc:
         raise _fail(str(exc), 3) from None
     except ClientError as exc:

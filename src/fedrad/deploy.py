@@ -132,6 +132,10 @@ class ServerRun:
                 status.update(phase="failed", error=str(exc))
                 raise
             status.update(phase="done", round=rounds)
+            untold = transport.finish(job_hash, f"job {self.config.name} finished after {rounds} rounds",
+                                      linger_s=2 * options.poll_s + 5)
+            if untold:
+                log.info("sites not told that the job finished (not polling): %s", sorted(untold))
         summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
         summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
                     "metric": getattr(task, "primary_metric", "balanced_accuracy")}

@@ -32,9 +32,11 @@ def test_three_clients_finish_cwt_in_order_with_the_simulators_model(tmp_path: P
     out = federation.root / "run"
     try:
         server = federation.server(out)
-        for site in SITES:
-            federation.client(site)
+        clients = [federation.client(site) for site in SITES]
         summary = finish(federation, server, out)
+        # the server tells each polling client that the job is over: they exit by themselves, status 0
+        assert [client.wait(timeout=60) for client in clients] == [0, 0, 0], federation.log("s1")
+        assert "job deploy-cwt finished after 6 rounds" in federation.log("s1")
     finally:
         federation.close()
 

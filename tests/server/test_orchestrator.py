@@ -103,3 +103,39 @@ def test_ctrl_c_keeps_the_completed_rounds_on_disk(tiny_config, tmp_path):
     assert summary["interrupted"] is True and summary["rounds"] == 2
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert load_file(str(tmp_path / "model.safetensors"))  # the round-2 model is readable
+
+
+class _ControlSite:
+    """Returns the weights it was sent plus 1 and a control-variate delta (NaN when `poisoned`)."""
+
+    def __init__(self, site_id: str, poisoned: bool = False):
+        self.site_id, self.poisoned = site_id, poisoned
+
+    def handle(self, instruction):
+        from fedrad.codec import decode
+        from fedrad.types import DataKind, Reply
+
+        weights = {n: a + 1 for n, a in decode(instruction.payload[DataKind.WEIGHTS]).items()}
+        delta = {n: np.full_like(a, np.nan if self.poisoned else 0.5) for n, a in weights.items()}
+        payload = {DataKind.WEIGHTS: encode(weights), DataKind.CONTROL: encode(delta)}
+        return Reply(instruction.round, self.site_id, instruction.kind, payload, num_examples=4)
+
+
+def test_scaffold_control_variates_are_validated_like_weights():
+    from fedrad.server.ledger import Ledger
+    from fedrad.server.orchestrator import Orchestrator, RunContext
+    from fedrad.strategies.scaffold import Scaffold
+    from fedrad.transport.inprocess import InProcessTransport
+
+    sites = {"a": _ControlSite("a"), "b": _ControlSite("b", poisoned=True)}
+    strategy = Scaffold()
+    seen = []
+    orchestrator = Orchestrator(strategy, RunContext(InProcessTransport(sites), Ledger(), None), list(sites), [],
+                                rounds=1, eval_every=100, on_round=lambda record, state: seen.append((record, state)))
+    orchestrator.round(0, strategy.initial_state({"w": np.zeros(3, np.float32)}, list(sites)))
+    record, state = seen[0]
+    assert [(f.site_id, f.reason) for f in record.failures] == [
+        ("b", "site b: update rejected: control variates: tensor 'w': 3 non-finite values")
+    ]
+    np.testing.assert_array_equal(state.models["global"]["w"], np.ones(3, np.float32))  # a's update alone
+    assert np.isfinite(state.extra["c/w"]).all()  # the server variate was not poisoned

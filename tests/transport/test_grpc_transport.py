@@ -131,3 +131,19 @@ def test_revoking_a_site_takes_effect_without_a_restart(fresh_kits: tuple[Path, 
         [reply] = s.dispatch([_instruction("hospital-a", b"w", round=1)])
     assert isinstance(errors[0], ClientRefused) and "revoked" in str(errors[0])
     assert "refused" in reply.error and "revoked" in reply.error
+
+
+def test_clients_stop_by_themselves_when_the_server_says_the_job_is_done(
+    kits: Kits, server: GrpcServerTransport
+) -> None:
+    client_a, _ = _client(load_site_kit(kits.sites["hospital-a"]), server)
+    client_b, _ = _client(load_site_kit(kits.sites["hospital-b"]), server)
+    client_b.site.job_hash = "another-job"  # a site that approved another job keeps waiting for its own
+    with running(client_a) as errors_a, running(client_b) as errors_b:
+        assert not server.wait_for_sites({"hospital-a", "hospital-b"}, 10)
+        untold = server.finish("", "job tiny finished after 2 rounds", linger_s=5)
+        assert wait_until(lambda: client_a.finished is not None)
+        assert client_b.finished is None
+    assert untold == set()  # both were told; only a's job was the one that finished
+    assert client_a.finished == "job tiny finished after 2 rounds"
+    assert errors_a == errors_b == []

@@ -14,6 +14,7 @@ list of results. The order is fixed, so the network gives the simulator's number
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import zlib
@@ -178,17 +179,28 @@ class Orchestrator:
         except (KeyError, CodecError) as exc:
             failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
             return None
-        rejected = self._rejected(task, reply, weights)
+        rejected = self._rejected(task, reply, weights, control)
         if rejected is not None:
             failures.append(SiteFailure(reply.site_id, rejected))
             return None
         return FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics), control)
 
-    def _rejected(self, task: FitTask, reply: Reply, weights) -> str | None:
-        """Why this update must not be aggregated (logged), or None; the same check for every transport."""
+    def _rejected(self, task: FitTask, reply: Reply, weights, control) -> str | None:
+        """Why this update must not be aggregated (logged), or None; the same check for every transport.
+
+        SCAFFOLD's control-variate delta gets the same checks against the variate sent (no norm bound:
+        it is a correction, not a step).
+        """
         if self.ctx.validator is None:
             return None
         reason = self.ctx.validator.check(reply.site_id, weights, task.weights, reply.num_examples)
+        if reason is None and (control is None) != (task.control is None):
+            what = "control variates it was not sent" if task.control is None else "no control variates"
+            reason = f"site {reply.site_id}: update rejected: the reply carries {what}"
+        elif reason is None and control is not None:
+            unbounded = dataclasses.replace(self.ctx.validator, max_update_norm=None)
+            reason = unbounded.check(reply.site_id, control, task.control, reply.num_examples)
+            reason = reason and reason.replace("update rejected:", "update rejected: control variates:")
         if reason is not None:
             log.warning("round %d: %s", reply.round, reason)
         return reason

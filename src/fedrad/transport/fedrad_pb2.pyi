@@ -104,12 +104,22 @@ class Chunk(_message.Message):
     def __init__(self, payload: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("instruction", "chunk")
+    __slots__ = ("instruction", "chunk", "done")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     instruction: InstructionHeader
     chunk: Chunk
-    def __init__(self, instruction: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    done: JobDone
+    def __init__(self, instruction: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., done: _Optional[_Union[JobDone, _Mapping]] = ...) -> None: ...
+
+class JobDone(_message.Message):
+    __slots__ = ("job_hash", "reason")
+    JOB_HASH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_hash: str
+    reason: str
+    def __init__(self, job_hash: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
     __slots__ = ("reply", "chunk")

@@ -12,6 +12,7 @@ A refusal (revoked, unknown or mismatched certificate) ends the loop: retrying c
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import random
 import threading
@@ -81,6 +82,7 @@ class GrpcClient:
         self.backoff, self.max_failures = backoff, max_failures
         self.chunk_size, self.max_payload_bytes = chunk_size, max_payload_bytes
         self.handled = 0  # instructions run and submitted
+        self.finished: str | None = None  # the server's reason, once it said the job is over
         self.acks: list[tuple[str, str, str]] = []  # (task id, ACCEPTED | DUPLICATE | REJECTED, reason)
         self.bytes_sent = self.bytes_received = 0  # serialized protobuf messages
         self._rng = random.Random(seed)
@@ -93,7 +95,9 @@ class GrpcClient:
         return cls(site, load_site_kit(folder), **options)
 
     def run(self) -> None:
-        """Pull, handle and submit until `stop()`; raises ClientRefused, or ClientError on giving up."""
+        """Pull, handle and submit until `stop()` or the server says the job is over (`finished`).
+
+        Raises ClientRefused, or ClientError on giving up."""
         try:
             while not self._stop.is_set():
                 work = self._retrying(self._fetch)
@@ -183,9 +187,27 @@ class GrpcClient:
             call.cancel()
         try:
             self.bytes_sent += request.ByteSize()
-            return wire.read_instruction(self._received(call), self.max_payload_bytes)
+            messages = self._received(call)
+            first = next(messages, None)
+            if first is not None and first.WhichOneof("body") == "done":
+                self._job_done(first.done)
+                return None
+            stream = messages if first is None else itertools.chain([first], messages)
+            return wire.read_instruction(stream, self.max_payload_bytes)
         finally:
             self._call = None
+
+    def _job_done(self, done: pb.JobDone) -> None:
+        """The server says the job is over: `run` returns (only for this site's own job)."""
+        mine = getattr(self.site, "job_hash", "") or done.job_hash
+        if done.job_hash != mine:
+            log.warning("site %s: the server finished job %s, not this site's %s; waiting for work",
+                        self.kit.site_id, done.job_hash[:12], mine[:12])
+            self._stop.wait(1.0)
+            return
+        log.info("site %s: %s", self.kit.site_id, done.reason)
+        self.finished = done.reason
+        self._stop.set()
 
     def _handle(self, instruction: Instruction) -> Reply:
         try:

@@ -141,6 +141,12 @@ class GrpcServerTransport:
             return
         yield from self.board.stream(instructions, self.reply_timeout_s, self.quorum, self.quorum_wait_s)
 
+    def finish(self, job_hash: str, reason: str, linger_s: float) -> set[str]:
+        """Tell each site that asks for work that the job is over, for up to `linger_s` (or until every
+        site that connected has been told); returns the sites not told (they keep polling until stopped)."""
+        self.board.finish(job_hash, reason)
+        return self.board.wait_told(linger_s)
+
     def wait_for_sites(self, sites: Collection[str], timeout_s: float) -> set[str]:
         """Wait until each site has asked for work once (a quorum before round 0); the missing ones."""
         return self.board.wait_for_sites(sites, timeout_s)
@@ -170,7 +176,10 @@ class GrpcServerTransport:
         context.add_callback(self.board.wake)  # a client that hangs up ends its wait at once
         task = self.board.next_task(site, self.poll_s, context.is_active)
         if task is None:
-            return  # an empty stream: no work in this poll window, ask again
+            done = self.board.tell_done(site)
+            if done is not None:  # the job is over: the client may exit
+                yield pb.ServerMessage(done=pb.JobDone(job_hash=done[0], reason=done[1]))
+            return  # otherwise an empty stream: no work in this poll window, ask again
         payload = task.instruction.payload
         for message in wire.stream(pb.ServerMessage, "instruction", task.header, payload, self.chunk_size):
             self.board.count(site, to_site=message.ByteSize())

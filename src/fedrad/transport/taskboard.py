@@ -64,6 +64,8 @@ class TaskBoard:
         self._refused: dict[str, str] = {}  # certificate CN -> why its last call was refused
         self._late: dict[str, int] = defaultdict(int)  # replies that arrived after their task's deadline
         self._turn: Task | None = None  # the task whose upload the consumer of `stream` waits for
+        self.done: tuple[str, str] | None = None  # (job hash, reason) once the job has finished
+        self._told: set[str] = set()  # sites that were told so
 
     def collect(
         self, instructions: Sequence[Instruction], timeout_s: float, min_replies: int = 0, grace_s: float = 0.0
@@ -148,7 +150,7 @@ class TaskBoard:
                 # so it lost the previous delivery (crash, dropped connection).
                 task = next((t for t in self._queues.get(site, ()) if not t.answered), None)
                 remaining = deadline - time.monotonic()
-                if task is not None or self.stopped or remaining <= 0 or not is_active():
+                if task is not None or self.stopped or self.done or remaining <= 0 or not is_active():
                     break
                 self.cond.wait(remaining)
             if task is not None:
@@ -171,6 +173,26 @@ class TaskBoard:
                 task.announced = False
             self.cond.notify_all()
             return verdict
+
+    def finish(self, job_hash: str, reason: str) -> None:
+        """The job is over: every later request for work is answered with (job_hash, reason)."""
+        with self.cond:
+            self.done = (job_hash, reason)
+            self.cond.notify_all()
+
+    def tell_done(self, site: str) -> tuple[str, str] | None:
+        """(job hash, reason) if the job is over, noting that `site` has been told; else None."""
+        with self.cond:
+            if self.done is not None:
+                self._told.add(site)
+                self.cond.notify_all()
+            return self.done
+
+    def wait_told(self, timeout_s: float) -> set[str]:
+        """Wait until every site that ever connected has been told the job is over; the ones not told."""
+        with self.cond:
+            self.cond.wait_for(lambda: set(self._last_seen) <= self._told, timeout=timeout_s)
+            return set(self._last_seen) - self._told
 
     def refused(self, name: str, reason: str) -> None:
         with self.cond:
