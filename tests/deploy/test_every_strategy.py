@@ -1,0 +1,70 @@
+"""Every strategy that can be deployed runs over gRPC + mTLS and gives the simulator's result.
+
+The server (`ServerRun`, the code behind `fedrad server`) and three `GrpcClient`s with the sites
+`fedrad client` builds run as threads of this process on loopback, so a case takes seconds. FedAvg
+and CWT are also run as OS processes (test_end_to_end.py, test_cwt_end_to_end.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedrad.config import JobConfig
+from fedrad.deploy import ServerOptions, ServerRun, client_site
+from fedrad.transport.grpc_client import Backoff, GrpcClient
+from fedrad.transport.kits import load_site_kit
+
+from .helpers import JOB, SITES, Federation, assert_same_model, simulate
+
+pytestmark = pytest.mark.slow
+
+CASES = ["fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "ensemble"]
+
+
+def _deployed(federation: Federation, job: dict, out: Path) -> dict:
+    config = JobConfig.model_validate(job)
+    options = ServerOptions(deadline_s=60, wait_sites_s=30, poll_s=0.5, bind=f"127.0.0.1:{federation.port}")
+    clients = []
+    for site in SITES:
+        kit = load_site_kit(federation.kits.sites[site])
+        site_object = client_site(config, kit, federation.root / f"{site}.yaml")
+        clients.append(GrpcClient(site_object, kit, backoff=Backoff(0.05, 0.5)))
+    threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `simulate`: float sums depend on the thread count
+    try:
+        for thread in threads:
+            thread.start()
+        summary = ServerRun(config, federation.kits.server, out, options).run()
+        for thread in threads:  # told that the job is done, each client's loop ends by itself
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert all(client.finished for client in clients)
+        return summary
+    finally:
+        for client in clients:
+            client.stop()
+        torch.set_num_threads(torch_threads)
+
+
+@pytest.mark.parametrize("method", CASES)
+def test_a_strategy_over_the_network_gives_the_simulators_result(method: str, tmp_path: Path) -> None:
+    job = {**JOB, "name": f"net-{method}", "train": {**JOB["train"], "rounds": 2},
+           "strategy": {"name": method, "order": list(SITES)}}
+    federation = Federation(tmp_path / "deployed", job=job)
+    deployed = _deployed(federation, job, federation.root / "run")
+    simulated = simulate(job, tmp_path / "simulated")
+
+    assert deployed["method"] == simulated["method"] == method
+    assert deployed["failures"] == 0 and deployed["pooled"]["num_test"] > 0
+    assert deployed.get("order") == simulated.get("order")  # SWT: the same visits
+    assert deployed["pooled"] == simulated["pooled"]  # the same model(s), scored on the same test sets
+    without_counts = {site: {k: v for k, v in m.items() if k != "num_train"} for site, m in simulated["sites"].items()}
+    assert deployed["sites"] == without_counts  # num_train: the deployed server never sees the data
+    assert deployed["ledger"] == simulated["ledger"]  # the same payloads booked, by kind and direction
+    if method != "ensemble":  # an ensemble's members stay at their sites: no global model file
+        assert_same_model(federation.root / "run", tmp_path / "simulated")
