@@ -13,6 +13,7 @@ approved, and refuses any other) and its own data YAML.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -107,8 +108,11 @@ class ServerRun:
             quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s,
         )
         with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
+            rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit
             status.update(phase="waiting for sites", round=start, job_hash=job_hash, method=method)
-            missing = transport.wait_for_sites(sites, options.wait_sites_s)
+            missing = transport.wait_for_sites(sites, options.wait_sites_s) if start < rounds else set()
+            if start >= rounds:
+                log.info("the checkpoint holds the final round %d: nothing left to run", rounds - 1)
             if missing:
                 log.warning("starting round %d without sites that have not connected: %s", start, sorted(missing))
 
@@ -123,7 +127,6 @@ class ServerRun:
                 status.update(round=record.round + 1)
 
             ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed)
-            rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit
             orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round)
             status.update(phase="running")
             try:
@@ -137,6 +140,8 @@ class ServerRun:
             if untold:
                 log.info("sites not told that the job finished (not polling): %s", sorted(untold))
         summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
+        if self.resume:  # the whole run, not only the rounds this process ran: from every metrics line
+            summary |= _from_metrics_lines(lines)
         summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
                     "metric": getattr(task, "primary_metric", "balanced_accuracy")}
         summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran
@@ -156,6 +161,14 @@ class ServerRun:
         restore_ledger(ledger, checkpoint.ledger_rows)
         log.info("resuming after round %d from %s", checkpoint.round, path)
         return checkpoint.round + 1, checkpoint.state, checkpoint.metrics_lines
+
+
+def _from_metrics_lines(lines: Sequence[str]) -> dict:
+    """A resumed run's failures (all rounds) and pooled / per-site metrics (the last evaluated round)."""
+    rows = [json.loads(line) for line in lines]
+    evaluated = [row for row in rows if row.get("pooled")]
+    last = evaluated[-1] if evaluated else {"pooled": {}, "sites": {}}
+    return {"failures": sum(len(row["failures"]) for row in rows), "pooled": last["pooled"], "sites": last["sites"]}
 
 
 def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:

@@ -68,3 +68,17 @@ def test_a_strategy_over_the_network_gives_the_simulators_result(method: str, tm
     assert deployed["ledger"] == simulated["ledger"]  # the same payloads booked, by kind and direction
     if method != "ensemble":  # an ensemble's members stay at their sites: no global model file
         assert_same_model(federation.root / "run", tmp_path / "simulated")
+
+
+def test_resuming_after_the_final_round_rewrites_the_whole_runs_summary_without_the_sites(tmp_path: Path) -> None:
+    # A server that crashed after its last checkpoint, before summary.json: --resume has nothing to run.
+    federation = Federation(tmp_path, job=JOB)
+    out = federation.root / "run"
+    first = _deployed(federation, JOB, out)
+    (out / "summary.json").unlink()
+    options = ServerOptions(wait_sites_s=600, poll_s=0.5, bind=f"127.0.0.1:{federation.port}")
+    resumed = ServerRun(JobConfig.model_validate(JOB), federation.kits.server, out, options, resume=True).run()
+    assert resumed["resumed_from"] == first["rounds"] == resumed["rounds"]  # no site needed: no 600 s wait
+    assert resumed["pooled"] == first["pooled"] and resumed["sites"] == first["sites"]
+    assert resumed["failures"] == first["failures"] == 0
+    assert (out / "summary.json").exists()

@@ -3,7 +3,8 @@
 Hospitals allow outbound connections only, so sites pull: a site's client asks for work (`Work`,
 a long poll), receives one instruction as a header and payload chunks, runs it, and submits its
 reply (`Submit`: the header, then the chunks once the server answers PROCEED, since uploads are
-read one at a time in instruction order; then the verdict). After the job, `Work` answers JobDone. `dispatch` puts one task per instruction on the TaskBoard and waits for the
+read one at a time in instruction order; then the verdict). After the job, `Work` answers
+JobDone. `dispatch` / `stream` put one task per instruction on the TaskBoard and wait for the
 replies until the deadline; a site that has not answered by then becomes a Reply with `error`
 set. Every call is checked against the client certificate: signed by the project CA (the TLS
 handshake), then not revoked, an allowed site, and the site the client claims to be
