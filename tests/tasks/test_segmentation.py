@@ -74,7 +74,7 @@ def test_phantom_seg_small_run_reports_dice(tmp_path):
     config.write_text(yaml.safe_dump(job))
     out = tmp_path / "cmp"
 
-    result = CliRunner().invoke(app, ["compare", str(config), "--methods", "fedavg,cds", "--out", str(out)])
+    result = CliRunner().invoke(app, ["compare", str(config), "--methods", "fedavg,cds,ensemble", "--out", str(out)])
 
     assert result.exit_code == 0, result.output
     summaries = json.loads((out / "comparison.json").read_text())
@@ -84,3 +84,21 @@ def test_phantom_seg_small_run_reports_dice(tmp_path):
     report = (out / "report.md").read_text()
     assert "pooled dice" in report and "Per-site dice" in report
     assert f"{summaries[0]['pooled']['dice']:.3f}" in report
+
+
+def test_an_ensemble_segments_by_mean_probability_or_majority_vote():
+    from fedrad.strategies.aggregate import majority_vote, mean_probabilities
+    from fedrad.tasks.segmentation import SegmentationTask
+
+    truth = np.zeros((1, 1, 2, 2), np.float32)
+    truth[0, 0, 0, :] = 1  # the top row is lesion
+    members = [np.array([[[[0.9, 0.6], [0.1, 0.2]]]], np.float32),
+               np.array([[[[0.8, 0.2], [0.7, 0.1]]]], np.float32),
+               np.array([[[[0.7, 0.3], [0.4, 0.1]]]], np.float32)]
+    task = SegmentationTask()
+    # mean: [[0.8, 0.367], [0.4, 0.133]] -> only the top-left pixel: Dice 2*1/(1+2)
+    assert task.metrics(task.stats(mean_probabilities(members), truth))["dice"] == pytest.approx(2 / 3)
+    # vote: top-left 3/3, top-right 1/3, bottom-left 1/3 -> the same single pixel
+    votes = majority_vote(members)
+    np.testing.assert_allclose(votes[0, 0], [[1.0, 1 / 3], [1 / 3, 0.0]])
+    assert task.metrics(task.stats(votes, truth))["dice"] == pytest.approx(2 / 3)

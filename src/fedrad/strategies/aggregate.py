@@ -176,7 +176,11 @@ def majority_vote(outputs: Sequence[np.ndarray]) -> np.ndarray:
     """An ensemble's prediction by vote: each class's share of the members' argmax votes (N, C).
 
     Ties go to the lower class index (argmax of the shares); the shares serve as scores for AUC.
+    Per-pixel probabilities of one foreground class (segmentation, (N, 1, H, W)): each pixel's
+    share of members that call it foreground; above one half is a majority.
     """
     stacked = np.stack(outputs)  # (members, N, C)
+    if stacked.ndim != 3:
+        return (stacked > 0.5).mean(axis=0).astype(np.float32)
     votes = np.eye(stacked.shape[2], dtype=np.float32)[stacked.argmax(axis=2)]
     return votes.mean(axis=0)

@@ -120,5 +120,17 @@ class SegmentationTask:
         ]
         return dice_stats(np.concatenate(masks), targets)
 
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+        """Lesion probabilities per pixel (N, 1, H, W), float32: what an ensemble member sends."""
+        model.eval()
+        batches = (torch.from_numpy(inputs[i : i + 128]) for i in range(0, len(inputs), 128))
+        probs = [torch.sigmoid(model(batch)).numpy() for batch in batches]
+        return np.concatenate(probs).astype(np.float32)
+
+    def stats(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Dice statistics of given probabilities (or vote shares), thresholded at 0.5: an ensemble's."""
+        return dice_stats(probs, targets)
+
     def metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         return dice_metrics(stats)
