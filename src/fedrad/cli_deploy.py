@@ -145,11 +145,12 @@ def status(folder: Annotated[Path, typer.Argument(help="the server's --out folde
         console.print(f"error: {doc['error']}", markup=False)
     rounds = doc.get("rounds", [])
     table = Table(title="sites")
-    for column in ["site", "now", "late", *[f"r{r['round']}" for r in rounds]]:
+    for column in ["site", "now", "late", "MB down", "MB up", *[f"r{r['round']}" for r in rounds]]:
         table.add_column(column)
     for site, entry in doc.get("sites", {}).items():
         history = [r["sites"].get(site, "-") for r in rounds]
-        table.add_row(site, entry["state"], str(entry["late"]), *history)
+        wire = [f"{entry.get(key, 0):.2f}" for key in ("mb_to_site", "mb_from_site")]
+        table.add_row(site, entry["state"], str(entry["late"]), *wire, *history)
     console.print(table)
 
 

@@ -142,6 +142,8 @@ class ServerRun:
         summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
         if self.resume:  # the whole run, not only the rounds this process ran: from every metrics line
             summary |= _from_metrics_lines(lines)
+        wire = transport.traffic()  # serialized protobuf, both directions: what the ledger's payloads cost
+        summary["wire_bytes"] = {s: {"to_site": t.to_site, "from_site": t.from_site} for s, t in sorted(wire.items())}
         summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
                     "metric": getattr(task, "primary_metric", "balanced_accuracy")}
         summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran

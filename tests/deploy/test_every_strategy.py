@@ -66,6 +66,10 @@ def test_a_strategy_over_the_network_gives_the_simulators_result(method: str, tm
     without_counts = {site: {k: v for k, v in m.items() if k != "num_train"} for site, m in simulated["sites"].items()}
     assert deployed["sites"] == without_counts  # num_train: the deployed server never sees the data
     assert deployed["ledger"] == simulated["ledger"]  # the same payloads booked, by kind and direction
+    for site, booked in deployed["ledger"]["by_site"].items():  # the wire carries them, plus framing
+        wire = deployed["wire_bytes"][site]
+        assert booked["received"] <= wire["to_site"] < booked["received"] + 200_000, (site, booked, wire)
+        assert booked["sent"] <= wire["from_site"] < booked["sent"] + 200_000, (site, booked, wire)
     if method != "ensemble":  # an ensemble's members stay at their sites: no global model file
         assert_same_model(federation.root / "run", tmp_path / "simulated")
 

@@ -2,7 +2,9 @@
 
 `fedrad server` rewrites `DIR/status.json` atomically about once a second; `fedrad status DIR`
 prints it. Live states: connected (polling for work), waiting (work queued, not yet picked up),
-training / evaluating (instruction delivered), submitted, disconnected, refused. Completed
+training / evaluating (instruction delivered), uploading (its reply announced: waiting for its
+turn, or being read), submitted, disconnected, refused. Each site's bytes on the wire (serialized
+protobuf, both directions) are counted since the server started. Completed
 rounds: submitted, dropped (no reply by the deadline), rejected (failed validation), failed
 (the site reported an error); `late` counts replies that arrived after their deadline.
 """
@@ -24,6 +26,8 @@ STATUS_FILE = "status.json"
 def live_state(site: dict, poll_s: float) -> str:
     """One site's state from a TaskBoard.snapshot() entry."""
     tasks = site["tasks"]
+    if any(t.get("uploading") for t in tasks):
+        return "uploading"
     if any(t["delivered"] and not t["answered"] for t in tasks):
         kind = next(t["kind"] for t in tasks if t["delivered"] and not t["answered"])
         return "training" if kind == "fit" else "evaluating"
@@ -91,7 +95,9 @@ class StatusFile:
             doc = dict(self.fields, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         doc["sites"] = {
             site: {"state": live_state(entry, self.poll_s), "last_seen_s": entry["last_seen_s"],
-                   "late": entry["late"], "refused": entry["refused"]}
+                   "late": entry["late"], "refused": entry["refused"],
+                   "mb_to_site": round(entry.get("bytes_to_site", 0) / 2**20, 3),
+                   "mb_from_site": round(entry.get("bytes_from_site", 0) / 2**20, 3)}
             for site, entry in snapshot.items()
         }
         with self._writing:

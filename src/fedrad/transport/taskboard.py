@@ -228,6 +228,8 @@ class TaskBoard:
                     "last_seen_s": round(now - self._last_seen[site], 1) if site in self._last_seen else None,
                     "late": self._late.get(site, 0),
                     "refused": self._refused.get(site),
+                    "bytes_to_site": self._traffic[site].to_site if site in self._traffic else 0,
+                    "bytes_from_site": self._traffic[site].from_site if site in self._traffic else 0,
                 }
                 for site in sorted(self.sites)
             }
