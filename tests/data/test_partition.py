@@ -92,3 +92,18 @@ def test_phantom_partition_builds_sites_and_refuses_unknown_kinds():
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_a_tiny_alpha_never_leaves_a_site_empty():
+    labels = np.repeat(np.arange(2), 20)
+    for seed in range(20):  # alpha 0.5, 6 sites: about 2 single draws in 3 leave a site under 2 examples
+        parts = dirichlet(labels, 6, alpha=0.5, rng=np.random.default_rng(seed), min_size=2)
+        assert min(len(p) for p in parts) >= 2
+        assert sorted(np.concatenate(parts).tolist()) == list(range(40))  # still a partition
+
+
+def test_an_impossible_minimum_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot give 6 sites at least 2 each"):
+        dirichlet(np.zeros(10), 6, 0.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="raise alpha or use fewer sites"):  # 2 classes, alpha 0.01: 2 sites
+        dirichlet(np.repeat(np.arange(2), 20), 6, 0.01, np.random.default_rng(0))

@@ -40,19 +40,33 @@ def iid(n: int, num_sites: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(rng.permutation(n), num_sites)]
 
 
-def dirichlet(labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Label skew: class c's examples go to sites in proportions p_c ~ Dirichlet(alpha * 1)."""
+def dirichlet(
+    labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator, min_size: int = 2, tries: int = 100
+) -> list[np.ndarray]:
+    """Label skew: class c's examples go to sites in proportions p_c ~ Dirichlet(alpha * 1).
+
+    A small alpha can leave a site (almost) empty; the draw is repeated (seeded, up to `tries`
+    times) until every site holds at least `min_size` examples, as common FL benchmarks do.
+    """
     _check(num_sites, len(labels))
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    parts: list[list[int]] = [[] for _ in range(num_sites)]
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        shares = rng.dirichlet(np.full(num_sites, alpha))
-        cuts = np.floor(np.cumsum(shares)[:-1] * len(members)).astype(int)
-        for site, chunk in enumerate(np.split(members, cuts)):
-            parts[site].extend(chunk.tolist())
-    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    if len(labels) < num_sites * min_size:
+        raise ValueError(f"{len(labels)} examples cannot give {num_sites} sites at least {min_size} each")
+    for _ in range(tries):
+        parts: list[list[int]] = [[] for _ in range(num_sites)]
+        for c in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(num_sites, alpha))
+            cuts = np.floor(np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for site, chunk in enumerate(np.split(members, cuts)):
+                parts[site].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ValueError(
+        f"Dirichlet alpha {alpha}: no draw in {tries} gave each of {num_sites} sites {min_size} examples; "
+        "raise alpha or use fewer sites"
+    )
 
 
 def quantity_skew(
@@ -117,7 +131,7 @@ def phantom_partition(
     rng = np.random.default_rng([seed, 7919])  # its own stream: not the per-hospital phantom seeds
     images, labels, _ = generate_scans(num_patients, prevalence, ScannerProfile(noise=0.0), rng, size)
     if kind == "dirichlet":
-        parts = dirichlet(labels, num_sites, alpha, rng)
+        parts = dirichlet(labels, num_sites, alpha, rng, min_size=8)  # room for train, val and test
     elif kind == "quantity_skew":
         parts = quantity_skew(num_patients, num_sites, exponent, rng)
     elif kind in ("iid", "feature_skew"):
