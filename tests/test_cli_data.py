@@ -56,3 +56,19 @@ def test_data_check_exits_1_without_usable_data_and_2_for_a_bad_yaml(tmp_path):
     site.write_text("site_id: s\ndata: {source: dicom, path: scans, label_csv: x}\n")
     result = CliRunner().invoke(app, ["data", "check", str(site)])
     assert result.exit_code == 2 and "site.yaml" in result.output
+
+
+def test_data_sites_prints_each_sites_splits_and_labels(tmp_path):
+    from fedrad.config import JobConfig
+    from fedrad.federation import load_federation
+    from tests.tiny import TINY
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(TINY))
+    result = CliRunner().invoke(app, ["data", "sites", str(job)])
+    assert result.exit_code == 0, result.output
+    for data in load_federation(JobConfig.model_validate(TINY)).sites:
+        ones = int(data.train.targets.sum())
+        assert f"1: {ones} (" in result.output.split(data.site_id, 1)[1].splitlines()[0]
+    missing = CliRunner().invoke(app, ["data", "sites", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output

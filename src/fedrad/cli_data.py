@@ -115,6 +115,42 @@ def check(
         raise typer.Exit(code)
 
 
+def _label_mix(targets, segmentation: bool) -> str:
+    """A split's label distribution ("0: 12 (60%), 1: 8 (40%)"), or its lesion-pixel share for masks."""
+    import numpy as np
+
+    if not len(targets):
+        return "-"
+    if segmentation:
+        return f"lesion pixels {float(np.mean(targets > 0.5)):.2%}"
+    classes, counts = np.unique(targets, return_counts=True)
+    return ", ".join(f"{int(c)}: {n} ({n / len(targets):.0%})" for c, n in zip(classes, counts, strict=True))
+
+
+@data_app.command()
+def sites(
+    job_yaml: Annotated[Path, typer.Argument(metavar="JOB.yaml", help="a job config (fedrad run / compare)")],
+) -> None:
+    """The federation a job builds: per site, its split sizes and label distribution (non-IID at a glance)."""
+    from fedrad.config import ConfigError, load_config
+    from fedrad.federation import FederationError, load_federation
+
+    try:
+        config = load_config(job_yaml)
+        federation = load_federation(config, report=lambda line: errors.print(line, markup=False))
+    except (ConfigError, FederationError) as exc:
+        errors.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    rows = []
+    for data in federation.sites:
+        segmentation = data.train.targets.ndim >= 3
+        sizes = [str(len(split)) for split in (data.train, data.val, data.test)]
+        mix = _label_mix(data.train.targets, segmentation)
+        rows.append([data.site_id, *sizes, mix, str(tuple(data.train.inputs.shape[1:]))])
+    title = f"job {config.name}: data source {config.data.source}"
+    console.print(_table(title, ["site", "train", "val", "test", "train labels", "input shape"], rows))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `data` command group (`fedrad data check`) to fedrad's app."""
+    """Add the `data` command group (`fedrad data check`, `fedrad data sites`) to fedrad's app."""
     app.add_typer(data_app, name="data")
