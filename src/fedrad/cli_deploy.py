@@ -79,6 +79,9 @@ def server(
     quorum_wait: Annotated[float, typer.Option(help="extra seconds to wait for a quorum before failing")] = 600.0,
     wait_sites: Annotated[float, typer.Option(help="seconds to wait for all sites before round 0")] = 60.0,
     poll: Annotated[float, typer.Option(help="seconds a site's request for work is held open")] = 15.0,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="replies read at once (slow links: more; memory ~ (2 + this) x model)")
+    ] = 1,
 ) -> None:
     """Serve a job to the sites of the server kit over gRPC + mutual TLS."""
     from fedrad.deploy import DeployError, ServerOptions, ServerRun
@@ -87,7 +90,7 @@ def server(
     config = _job(job)
     _logging()
     quorum = min_sites if min_sites is not None else config.strategy.min_sites
-    options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind)
+    options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind, max_uploads)
     console.print(f"job {config.name}: hash {config.job_hash()}  (each site's admin approves this)")
     try:
         summary = ServerRun(config, kit, out, options, resume).run()

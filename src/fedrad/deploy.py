@@ -76,6 +76,7 @@ class ServerOptions:
     wait_sites_s: float = 60.0  # before round 0: how long to wait for every site to connect
     poll_s: float = 15.0  # how long a site's request for work is held open
     bind: str | None = None  # default: all interfaces, the port in the kit
+    max_uploads: int = 1  # replies read at once: 1 keeps memory at ~3 models; slow links want more
 
 
 @dataclass
@@ -105,7 +106,7 @@ class ServerRun:
         options = self.options
         transport = GrpcServerTransport(
             kit, bind=options.bind, reply_timeout_s=options.deadline_s, poll_s=options.poll_s,
-            quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s,
+            quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s, max_uploads=options.max_uploads,
         )
         with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
             rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit

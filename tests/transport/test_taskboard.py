@@ -175,3 +175,26 @@ def test_the_board_keeps_no_payload_once_a_reply_is_handed_on() -> None:
     assert number == 0 and reply.payload[DataKind.WEIGHTS] == b"x"
     assert board.snapshot()["a"]["tasks"] == []  # closed: the board holds neither the task nor its reply
     assert next(stream, None) is None
+
+
+def test_a_wider_upload_window_reads_the_next_sites_while_waiting_for_the_first() -> None:
+    board = TaskBoard({"a", "b", "c"}, uploads=2)
+    with _collecting(board, [_instruction("a"), _instruction("b"), _instruction("c")], timeout_s=10) as replies:
+        task_a, task_b, task_c = _pull(board, "a"), _pull(board, "b"), _pull(board, "c")
+        assert _admit(board, task_b) is None  # within the window of 2: read at once, though a is not in
+        assert board.record("b", task_b.task_id, _reply(task_b, num_examples=2)) is None
+        admitted_c = threading.Event()
+
+        def site_c() -> None:
+            assert _admit(board, task_c) is None
+            admitted_c.set()
+            board.record("c", task_c.task_id, _reply(task_c, num_examples=3))
+
+        thread = threading.Thread(target=site_c)
+        thread.start()
+        assert not admitted_c.wait(0.3)  # c is outside the window until a is handed on
+        assert _admit(board, task_a) is None
+        assert board.record("a", task_a.task_id, _reply(task_a, num_examples=1)) is None
+        thread.join(timeout=5)
+        assert admitted_c.is_set()
+    assert [(r.site_id, r.num_examples) for r in replies] == [("a", 1), ("b", 2), ("c", 3)]  # handed on in order

@@ -77,6 +77,7 @@ class GrpcServerTransport:
         max_workers: int = 64,  # each waiting site holds one worker thread during its poll
         quorum: int = 0,  # at the deadline, fewer replies than this: wait up to quorum_wait_s longer
         quorum_wait_s: float = 0.0,
+        max_uploads: int = 1,  # replies read at once; the server holds about (2 + max_uploads) models
     ):
         limits = {"reply_timeout_s": reply_timeout_s, "poll_s": poll_s, "chunk_size": chunk_size}
         for name, value in limits.items():
@@ -87,7 +88,7 @@ class GrpcServerTransport:
         self.chunk_size, self.max_payload_bytes, self.max_workers = chunk_size, max_payload_bytes, max_workers
         self.quorum, self.quorum_wait_s = quorum, quorum_wait_s
         self.port: int | None = None
-        self.board = TaskBoard(kit.sites, chunk_size)
+        self.board = TaskBoard(kit.sites, chunk_size, max_uploads)
         self._gate = Gatekeeper(kit)
         self._server: grpc.Server | None = None
 

@@ -7,11 +7,12 @@ unknown, other site's or other round's task is rejected; a repeat of an answered
 DUPLICATE, so a client that retries after a lost acknowledgement does no harm. Thread-safe.
 
 Uploads take turns. A site's reply header is judged and *announced* as soon as it arrives, but
-its payload is read only when the consumer of `stream` asks for that task: in instruction order,
-one at a time. The server therefore holds one incoming update at a time, however many sites
-finish together (the others wait, their bytes still at the site), and folds them in a fixed
-order, so a round's result does not depend on who finished first. A site that announced
-before the deadline is on time even if its turn comes later.
+its payload is read only when the consumer of `stream` reaches that task: in instruction order,
+`uploads` at a time (1 by default). The server therefore holds at most `uploads` incoming updates,
+however many sites finish together (the others wait, their bytes still at the site), and hands
+them on in a fixed order, so a round's result does not depend on who finished first. A site that
+announced before the deadline is on time even if its turn comes later. More than one upload at a
+time suits slow links (hospitals uploading in parallel) at the cost of memory.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class Task:
 
 
 class TaskBoard:
-    def __init__(self, sites: Collection[str], chunk_size: int = wire.CHUNK_SIZE):
+    def __init__(self, sites: Collection[str], chunk_size: int = wire.CHUNK_SIZE, uploads: int = 1):
+        if uploads < 1:
+            raise ValueError(f"uploads must be at least 1, got {uploads}")
         self.sites, self.chunk_size = frozenset(sites), chunk_size
+        self.uploads = uploads  # uploads read at once: memory is about (2 + uploads) model sizes
         self.cond = threading.Condition()
         self.stopped = False
         self._tasks: dict[str, Task] = {}  # open tasks by id
@@ -63,7 +67,7 @@ class TaskBoard:
         self._last_seen: dict[str, float] = {}
         self._refused: dict[str, str] = {}  # certificate CN -> why its last call was refused
         self._late: dict[str, int] = defaultdict(int)  # replies that arrived after their task's deadline
-        self._turn: Task | None = None  # the task whose upload the consumer of `stream` waits for
+        self._turns: set[str] = set()  # ids of the tasks whose uploads may be read now (the window)
         self.done: tuple[str, str] | None = None  # (job hash, reason) once the job has finished
         self._told: set[str] = set()  # sites that were told so
 
@@ -102,7 +106,7 @@ class TaskBoard:
                 yield number, self._take(task, tasks, deadline, timeout_s, quorum, grace_s)
         finally:
             with self.cond:
-                self._turn = None
+                self._turns = set()
                 for task in tasks:
                     if task.task_id in self._tasks:
                         self._close(task)
@@ -121,7 +125,7 @@ class TaskBoard:
                 return Ack.REJECTED, f"task {task_id}: another upload of this reply is under way"
             task.announced = True
             self.cond.notify_all()
-            while self._turn is not task and task.task_id in self._tasks and not self.stopped:
+            while task.task_id not in self._turns and task.task_id in self._tasks and not self.stopped:
                 if not is_active():
                     task.announced = False
                     self.cond.notify_all()
@@ -246,9 +250,14 @@ class TaskBoard:
     def _take(
         self, task: Task, tasks: Sequence[Task], deadline: float, timeout_s: float, quorum: int, grace_s: float
     ) -> Reply:
-        """Give `task` the upload turn and wait for its reply; close it; the reply, or why it is missing."""
+        """Open the upload window at `task` and wait for its reply; close it; the reply, or why it is missing.
+
+        The window is `task` and the next `uploads - 1` open tasks: their uploads may be read while
+        the caller waits for `task`, and they are handed on in order after it.
+        """
         with self.cond:
-            self._turn = task
+            following = [t for t in tasks[tasks.index(task) :] if t.task_id in self._tasks]
+            self._turns = {t.task_id for t in following[: self.uploads]}
             self.cond.notify_all()
             while not (self.stopped or task.answered):
                 now = time.monotonic()
@@ -264,7 +273,7 @@ class TaskBoard:
                 self.cond.wait(closes_at - now)
             reply = task.reply or failed(task.instruction, self._why_missing(task, timeout_s))
             task.reply = None  # handed on: the board keeps no payload
-            self._turn = None
+            self._turns.discard(task.task_id)
             self._close(task)
             self.cond.notify_all()
             return reply
