@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 SITES = tuple(f"c{i}" for i in range(8))
-CASES = ((1, 4), (50, 4), (200, 4), (50, 8))  # (model MB, clients)
+CASES = ((1, 4, 1), (50, 4, 1), (200, 4, 1), (50, 8, 1), (50, 8, 2))  # (model MB, clients, max_uploads)
 MB = 1 << 20
 
 
@@ -70,13 +70,14 @@ def _one_round(transport, weights, sites) -> float:
     return time.perf_counter() - started
 
 
-def server(kit: str, port: int, size_mb: int, clients: int) -> None:
+def server(kit: str, port: int, size_mb: int, clients: int, uploads: int) -> None:
     from fedrad.transport.grpc_transport import GrpcServerTransport
     from fedrad.transport.inprocess import InProcessTransport
 
     sites = SITES[:clients]
     rng = np.random.default_rng(0)
-    transport = GrpcServerTransport.from_kit_dir(kit, bind=f"127.0.0.1:{port}", reply_timeout_s=300, poll_s=1)
+    transport = GrpcServerTransport.from_kit_dir(kit, bind=f"127.0.0.1:{port}", reply_timeout_s=300, poll_s=1,
+                                                 max_uploads=uploads)
     with transport:
         if transport.wait_for_sites(sites, 60):
             raise SystemExit("clients did not connect")
@@ -88,8 +89,8 @@ def server(kit: str, port: int, size_mb: int, clients: int) -> None:
         peak = _rss_mb("VmHWM")
     local = _one_round(InProcessTransport({s: Echo(s) for s in sites}), weights, sites)
     moved = 2 * clients * size_mb
-    print(f"{size_mb:>8} {clients:>8} {wall:>8.2f} {moved / wall:>8.0f} {baseline:>8.0f} {peak - baseline:>9.0f} "
-          f"{(peak - baseline) / size_mb:>8.2f} {local:>8.2f} {wall / local:>8.1f}", flush=True)
+    print(f"{size_mb:>8} {clients:>8} {uploads:>8} {wall:>8.2f} {moved / wall:>8.0f} {baseline:>8.0f} "
+          f"{peak - baseline:>9.0f} {(peak - baseline) / size_mb:>8.2f} {local:>8.2f} {wall / local:>8.1f}", flush=True)
 
 
 def main() -> None:
@@ -103,32 +104,34 @@ def main() -> None:
                          Path(tmp) / "kits")
         me = [sys.executable, __file__]
         print("one FedAvg round, gRPC + mTLS on loopback (MB = 2**20 bytes)")
-        print(f"{'model MB':>8} {'clients':>8} {'round s':>8} {'MB/s':>8} {'base MB':>8} {'peak+ MB':>9} "
-              f"{'x model':>8} {'inproc s':>8} {'ratio':>8}")
+        print(f"{'model MB':>8} {'clients':>8} {'uploads':>8} {'round s':>8} {'MB/s':>8} {'base MB':>8} "
+              f"{'peak+ MB':>9} {'x model':>8} {'inproc s':>8} {'ratio':>8}")
         rows = {}
-        for size, count in CASES:
+        for size, count, uploads in CASES:
             clients = [subprocess.Popen([*me, "client", str(kits.sites[s]), str(port)], stderr=subprocess.DEVNULL)
                        for s in SITES[:count]]
             try:
-                out = subprocess.run([*me, "server", str(kits.server), str(port), str(size), str(count)],
-                                     check=True, capture_output=True, text=True).stdout
+                command = [*me, "server", str(kits.server), str(port), str(size), str(count), str(uploads)]
+                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 print(out, end="", flush=True)
-                rows[size, count] = float(out.split()[5])
+                rows[size, count, uploads] = float(out.split()[6])
             finally:
                 for process in clients:
                     process.kill()
                     process.wait()
-        slope = (rows[200, 4] - rows[50, 4]) / 150
+        slope = (rows[200, 4, 1] - rows[50, 4, 1]) / 150
         print("MB/s: model bytes moved (clients down + clients up) / round wall; peak+: server VmHWM - VmRSS after")
         print("a warm-up round, before the model; x model: peak+ / model size; ratio: gRPC / in-process round")
         print(f"memory per model MB (50 -> 200 MB, 4 clients): {slope:.2f} (target < 4); fixed part: "
-              f"{rows[50, 4] - 50 * slope:.0f} MB; 8 vs 4 clients at 50 MB: {rows[50, 8] - rows[50, 4]:+.0f} MB")
+              f"{rows[50, 4, 1] - 50 * slope:.0f} MB")
+        print(f"8 vs 4 clients at 50 MB: {rows[50, 8, 1] - rows[50, 4, 1]:+.0f} MB; "
+              f"2 uploads at once vs 1 (50 MB, 8 clients): {rows[50, 8, 2] - rows[50, 8, 1]:+.0f} MB")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         client(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "server":
-        server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
     else:
         main()
