@@ -20,9 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from fedrad.config import JobConfig
+from fedrad.federation import job_harmonizer
 from fedrad.methods import method_extras, num_rounds
 from fedrad.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_ledger, save_checkpoint
 from fedrad.server.ledger import Ledger
@@ -36,6 +35,7 @@ from fedrad.transport.grpc_transport import GrpcServerTransport
 from fedrad.transport.inprocess import Transport
 from fedrad.transport.kits import SiteKit, load_server_kit
 from fedrad.types import Instruction, InstructionKind, Reply
+from fedrad.yamlfile import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -179,27 +179,21 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
 
     Data YAML: `data: {source: phantom, site_id: HOSPITAL}` picks one phantom hospital of the job,
     generated here with the job's seed; anything else is a site file for fedrad.data.readers.
-    The job's `data.harmonize` is applied here exactly as the simulator applies it; the job hash,
-    which every instruction must carry, covers it, so a site cannot run other preprocessing.
+    The job's `data.harmonize` is applied here exactly as the simulator applies it (the phantom
+    hospitals come from `build_sites`, already harmonised); the job hash, which every instruction
+    must carry, covers it, so a site cannot run other preprocessing.
     """
-    from fedrad.data.harmonize import Harmonizer  # lazy: MONAI is heavy
-
-    harmonizer = Harmonizer(config.data.harmonize) if config.data.harmonize is not None else None
-    try:
-        raw = yaml.safe_load(Path(data_path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DeployError(f"{data_path}: cannot read: {exc}") from exc
-    block = raw.get("data") if isinstance(raw, dict) else None
+    block = read_yaml_mapping(Path(data_path), DeployError).get("data")
     if isinstance(block, dict) and block.get("source") == "phantom":
         wanted = str(block.get("site_id", kit.site_id))
         phantoms = {d.site_id: d for d in build_sites(config)}
         if wanted not in phantoms:
             raise DeployError(f"{data_path}: key 'data.site_id': {wanted!r} is not one of the job's {sorted(phantoms)}")
-        data = phantoms[wanted] if harmonizer is None else harmonizer.site(phantoms[wanted])
+        data = phantoms[wanted]
     else:
         from fedrad.data.readers import load_site_data  # lazy: DICOM / NIfTI readers are heavy
 
-        data, skipped = load_site_data(data_path, harmonizer)  # harmonised as read, with real geometry
+        data, skipped = load_site_data(data_path, job_harmonizer(config))  # harmonised as read, real geometry
         if skipped:
             log.warning("%s: %d items skipped while reading", data_path, len(skipped))
     data = dataclasses.replace(data, site_id=kit.site_id)

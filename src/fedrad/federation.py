@@ -91,10 +91,15 @@ def _read_sites(config: JobConfig, report: Callable[[str], None], harmonizer: Ha
     return federation
 
 
+def job_harmonizer(config: JobConfig) -> Harmonizer | None:
+    """The job's `data.harmonize` as a Harmonizer; None when the job declares no preprocessing."""
+    return Harmonizer(config.data.harmonize) if config.data.harmonize is not None else None
+
+
 def load_federation(config: JobConfig, report: Callable[[str], None] | None = None) -> Federation:
     """Every site of the job, harmonised and checked. `report` gets one line per skipped item."""
     report = report or log.warning
-    harmonizer = Harmonizer(config.data.harmonize) if config.data.harmonize is not None else None
+    harmonizer = job_harmonizer(config)
     if config.data.source == "sites":
         federation = _read_sites(config, report, harmonizer)  # harmonised as read
     else:

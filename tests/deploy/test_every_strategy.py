@@ -86,3 +86,18 @@ def test_resuming_after_the_final_round_rewrites_the_whole_runs_summary_without_
     assert resumed["pooled"] == first["pooled"] and resumed["sites"] == first["sites"]
     assert resumed["failures"] == first["failures"] == 0
     assert (out / "summary.json").exists()
+
+
+def test_a_clients_phantom_site_is_harmonised_once_as_in_the_simulator(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedrad.simulation import build_sites
+
+    job = {**JOB, "data": {**JOB["data"], "harmonize": {"intensity": {"kind": "percentile", "lower": 5, "upper": 95},
+                                                         "size": [12, 12]}}}
+    federation = Federation(tmp_path, job=job)
+    config = JobConfig.model_validate(job)
+    simulated = {d.site_id: d for d in build_sites(config)}
+    for site in SITES:
+        deployed = client_site(config, load_site_kit(federation.kits.sites[site]), federation.root / f"{site}.yaml")
+        np.testing.assert_array_equal(deployed.data.train.inputs, simulated[site].train.inputs)
