@@ -81,11 +81,11 @@ def test_wrong_site_stale_round_and_unknown_task_are_rejected() -> None:
     board = TaskBoard({"a", "b"})
     with _collecting(board, [_instruction("a", round=4)], timeout_s=5) as replies:
         task = _pull(board, "a")
-        status, reason = board.verdict("b", task.task_id, "b", 4, "fit")
+        status, reason = board.admit("b", task.task_id, "b", 4, "fit", lambda: True)
         assert status == Ack.REJECTED and "belongs to site 'a'" in reason
-        status, reason = board.verdict("a", task.task_id, "a", 3, "fit")
+        status, reason = board.admit("a", task.task_id, "a", 3, "fit", lambda: True)
         assert status == Ack.REJECTED and reason.startswith("stale")
-        status, reason = board.verdict("a", "no-such-task", "a", 4, "fit")
+        status, reason = board.admit("a", "no-such-task", "a", 4, "fit", lambda: True)
         assert status == Ack.REJECTED and "unknown task" in reason
         assert board.record("a", task.task_id, _reply(task)) is None
     assert replies[0].ok

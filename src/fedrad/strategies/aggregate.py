@@ -69,9 +69,10 @@ class WeightedSum:
             dtype = self._dtypes[name]
             mean = np.divide(total, total.dtype.type(self.total), out=total if total.dtype == dtype else None)
             out[name] = np.asarray(np.rint(mean) if dtype.kind in "iub" else mean).astype(dtype, copy=False)
-        for var_name, second in self._second.items():
-            mean = out[var_name[: -len("running_var")] + "running_mean"].astype(np.float64)
-            out[var_name] = np.maximum(second / self.total - mean**2, 0.0).astype(self._dtypes[var_name])
+        for var_name, mean_name in _batchnorm_pairs(out) if self.pool_batchnorm else ():
+            mean = out[mean_name].astype(np.float64)
+            second = self._second[var_name] / self.total
+            out[var_name] = np.maximum(second - mean**2, 0.0).astype(self._dtypes[var_name])
         self._finished = True
         return out
 

@@ -77,7 +77,8 @@ class Fold(Protocol):
 
 
 class MeanFold:
-    """Folds each result's (selected) weights into a WeightedSum; `then` turns the mean into the next state.
+    """Folds each result's (selected) weights into a WeightedSum; `then` turns the mean into the next state
+    (by default: the mean becomes the global model, `extra` is kept).
 
     With no result at all the state is kept: every asked site failed, the round is recorded as such.
     """
@@ -85,11 +86,12 @@ class MeanFold:
     def __init__(
         self,
         state: ServerState,
-        then: Callable[[Weights], ServerState],
+        then: Callable[[Weights], ServerState] | None = None,
         select: Callable[[Weights], Weights] | None = None,
         pool_batchnorm: bool = True,
     ):
-        self.state, self.then, self.select = state, then, select
+        self.state, self.select = state, select
+        self.then = then or (lambda mean: ServerState(models={GLOBAL: mean}, extra=state.extra))
         self.sum = WeightedSum(pool_batchnorm)
 
     def add(self, result: FitResult, owned: bool = False) -> None:

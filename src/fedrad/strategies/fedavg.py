@@ -57,7 +57,7 @@ class FedAvg:
 
     def begin(self, round: int, state: ServerState) -> MeanFold:
         """The round's running weighted mean; every asked site failing keeps the model."""
-        return MeanFold(state, lambda mean: ServerState(models={GLOBAL: mean}, extra=state.extra))
+        return MeanFold(state)
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         return fold_all(self.begin(round, state), results)

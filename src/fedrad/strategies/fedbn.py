@@ -41,8 +41,7 @@ class FedBN:
         return [FitTask(site, weights, self.config.fit) for site in self._sampler.sample(round, sites)]
 
     def begin(self, round: int, state: ServerState) -> MeanFold:
-        then = lambda mean: ServerState(models={GLOBAL: mean}, extra=state.extra)  # noqa: E731
-        return MeanFold(state, then, select=shared_part, pool_batchnorm=False)
+        return MeanFold(state, select=shared_part, pool_batchnorm=False)
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         return fold_all(self.begin(round, state), results)

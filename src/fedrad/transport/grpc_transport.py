@@ -203,16 +203,16 @@ class GrpcServerTransport:
         if verdict is not None:
             yield self._ack(site, verdict)
             return
-        recorded = False
+        verdict = (Ack.REJECTED, "the upload broke off")
         try:
             yield self._ack(site, (Ack.PROCEED, ""))
             task_id, reply = wire.read_reply(itertools.chain([first], messages), self.max_payload_bytes)
-            verdict, recorded = self.board.record(site, task_id, reply), True
+            verdict = self.board.record(site, task_id, reply)
             del reply
         except wire.WireError as exc:
             verdict = (Ack.REJECTED, f"malformed reply: {exc}")
         finally:
-            if not recorded:  # malformed, or the stream broke: the task waits for another upload
+            if verdict is not None:  # not recorded (malformed, refused, the stream broke): the task waits for another
                 self.board.withdraw(header.task_id)
         yield self._ack(site, verdict)
 

@@ -161,21 +161,14 @@ class TaskBoard:
                 task.deliveries += 1
             return task
 
-    def verdict(self, site: str, task_id: str, claimed: str, round: int, kind: str) -> Verdict:
-        """None if `site` may answer this task now, else (status, reason); judged before the upload."""
-        with self.cond:
-            return self._verdict(site, task_id, claimed, round, kind)
-
     def record(self, site: str, task_id: str, reply: Reply) -> Verdict:
         """Record a reply unless its task closed or a twin arrived meanwhile; the verdict either way."""
         with self.cond:
             verdict = self._verdict(site, task_id, reply.site_id, reply.round, reply.kind.value)
-            task = self._tasks.get(task_id)
-            if verdict is None and task is not None:
+            if verdict is None:
+                task = self._tasks[task_id]
                 task.reply, task.answered, task.announced = reply, True, False
-            elif task is not None and task.announced and not task.answered:
-                task.announced = False
-            self.cond.notify_all()
+                self.cond.notify_all()
             return verdict
 
     def finish(self, job_hash: str, reason: str) -> None:
@@ -232,8 +225,8 @@ class TaskBoard:
                     "last_seen_s": round(now - self._last_seen[site], 1) if site in self._last_seen else None,
                     "late": self._late.get(site, 0),
                     "refused": self._refused.get(site),
-                    "bytes_to_site": self._traffic[site].to_site if site in self._traffic else 0,
-                    "bytes_from_site": self._traffic[site].from_site if site in self._traffic else 0,
+                    "bytes_to_site": self._traffic.get(site, Traffic()).to_site,
+                    "bytes_from_site": self._traffic.get(site, Traffic()).from_site,
                 }
                 for site in sorted(self.sites)
             }
