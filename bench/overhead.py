@@ -89,7 +89,7 @@ def run_fedrad(clients) -> float:
     """The same workload through fedrad's simulator (Site, FedAvg, Orchestrator, ledger, results)."""
     from fedrad.config import JobConfig
     from fedrad.data.base import SiteData, Split
-    from fedrad.simulation import MethodRun
+    from fedrad.run.simulate import MethodRun
 
     config = JobConfig.model_validate(
         {

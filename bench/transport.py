@@ -50,8 +50,8 @@ class Echo:
 
 
 def client(kit: str, port: int) -> None:
+    from fedrad.pki.kits import load_site_kit
     from fedrad.transport.grpc_client import Backoff, GrpcClient
-    from fedrad.transport.kits import load_site_kit
 
     site_kit = load_site_kit(kit)
     GrpcClient(Echo(site_kit.site_id), site_kit, server_address=f"127.0.0.1:{port}", backoff=Backoff(0.1, 0.5)).run()
@@ -94,7 +94,7 @@ def server(kit: str, port: int, size_mb: int, clients: int, uploads: int) -> Non
 
 
 def main() -> None:
-    from fedrad.transport.provision import ProjectSpec, ServerSpec, provision
+    from fedrad.pki.provision import ProjectSpec, ServerSpec, provision
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

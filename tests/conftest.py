@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fedrad.config import JobConfig
-from tests.tiny import TINY  # the one tiny job (tests.test_cli imports it from here)
+from tests.tiny import TINY  # the one tiny job (tests.cli.test_run imports it from here)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from fedrad.data.harmonize import (
     ZScore,
     verify_site,
 )
-from fedrad.federation import FederationError, check_preprocessing
+from fedrad.run.federation import FederationError, check_preprocessing
 
 
 def _site(site_id: str, images: np.ndarray, masks: np.ndarray | None = None) -> SiteData:

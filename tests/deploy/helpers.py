@@ -18,8 +18,8 @@ import yaml
 from safetensors.numpy import load_file
 
 from fedrad.config import JobConfig
-from fedrad.simulation import MethodRun, build_sites
-from fedrad.transport.provision import ProjectSpec, ServerSpec, provision
+from fedrad.pki.provision import ProjectSpec, ServerSpec, provision
+from fedrad.run.simulate import MethodRun, build_sites
 from tests.tiny import tiny_job
 
 SITES = ("s1", "s2", "s3")

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrad.cli import app
-from fedrad.transport.provision import revoked_sites
+from fedrad.pki.provision import revoked_sites
 
 from .helpers import JOB
 

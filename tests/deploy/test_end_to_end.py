@@ -18,8 +18,8 @@ import torch
 from safetensors.numpy import load_file
 
 from fedrad.config import JobConfig
+from fedrad.run.simulate import MethodRun, build_sites
 from fedrad.server.checkpoint import load_checkpoint
-from fedrad.simulation import MethodRun, build_sites
 
 from .helpers import JOB, SITES, Federation, status, wait_for
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from fedrad.config import JobConfig
-from fedrad.deploy import ServerOptions, ServerRun, client_site
+from fedrad.pki.kits import load_site_kit
+from fedrad.run.join import client_site
+from fedrad.run.serve import ServerOptions, ServerRun
 from fedrad.transport.grpc_client import Backoff, GrpcClient
-from fedrad.transport.kits import load_site_kit
 
 from .helpers import JOB, SITES, Federation, assert_same_model, simulate
 
@@ -91,7 +92,7 @@ def test_resuming_after_the_final_round_rewrites_the_whole_runs_summary_without_
 def test_a_clients_phantom_site_is_harmonised_once_as_in_the_simulator(tmp_path: Path) -> None:
     import numpy as np
 
-    from fedrad.simulation import build_sites
+    from fedrad.run.simulate import build_sites
 
     job = {**JOB, "data": {**JOB["data"], "harmonize": {"intensity": {"kind": "percentile", "lower": 5, "upper": 95},
                                                          "size": [12, 12]}}}

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrad.deploy import DeployError, QuorumTransport
 from fedrad.server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_ledger, save_checkpoint
 from fedrad.server.ledger import Ledger
+from fedrad.server.quorum import QuorumError, QuorumTransport
 from fedrad.strategies.base import ServerState
 from fedrad.transport.taskboard import TaskBoard
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply
@@ -68,7 +68,7 @@ class _Fixed:
 def test_too_few_replies_fail_the_round_with_a_clear_reason() -> None:
     replies = [Reply(2, "a", FIT, num_examples=3), Reply(2, "b", FIT, error="site b: no reply within 5 s")]
     quorum = QuorumTransport(_Fixed(replies), min_sites=2)
-    with pytest.raises(DeployError, match=r"round 2: 1 of 2 sites replied, the quorum is 2: b: site b: no reply"):
+    with pytest.raises(QuorumError, match=r"round 2: 1 of 2 sites replied, the quorum is 2: b: site b: no reply"):
         quorum.dispatch([_instruction("a"), _instruction("b")])
     assert QuorumTransport(_Fixed(replies), min_sites=1).dispatch([_instruction("a"), _instruction("b")]) == replies
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fedrad.simulation import MethodRun, build_sites
+from fedrad.run.simulate import MethodRun, build_sites
 
 
 def test_ensemble_evaluation_moves_the_query_images_and_outputs(tiny_config, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedrad.codec import encode
-from fedrad.simulation import MethodRun, build_sites, build_task, initial_weights
-from fedrad.site import Site
+from fedrad.run.simulate import MethodRun, build_sites, build_task, initial_weights
+from fedrad.site.handler import Site
 
 
 def _model(folder):
@@ -80,7 +80,7 @@ def test_a_site_that_raises_is_a_failure_and_the_round_completes(tiny_config, tm
 
 
 def test_an_instruction_for_another_job_is_refused(tiny_config):
-    from fedrad.site import SiteError
+    from fedrad.site.handler import SiteError
     from fedrad.types import DataKind, Instruction, InstructionKind
 
     data = build_sites(tiny_config)[0]

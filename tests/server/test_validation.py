@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fedrad.codec import decode, encode
+from fedrad.run.simulate import build_sites, build_strategy, build_task, initial_weights
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
 from fedrad.server.validation import UpdateValidator
-from fedrad.simulation import build_sites, build_strategy, build_task, initial_weights
-from fedrad.site import Site
+from fedrad.site.handler import Site
 from fedrad.transport import InProcessTransport
 from fedrad.types import DataKind, Instruction, Reply
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrad.local_training import ScaffoldState
+from fedrad.site.training import ScaffoldState
 from fedrad.strategies import FitResult
 from fedrad.strategies.aggregate import scaffold_control_update
 from fedrad.strategies.base import GLOBAL

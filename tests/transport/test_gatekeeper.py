@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from fedrad.pki.kits import load_server_kit
+from fedrad.pki.provision import Kits, revoke_site
 from fedrad.transport.gatekeeper import Gatekeeper, Refused
-from fedrad.transport.kits import load_server_kit
-from fedrad.transport.provision import Kits, revoke_site
 
 
 def _pem(kits: Kits, who: str) -> bytes:

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from fedrad.config import JobConfig
+from fedrad.pki.kits import load_server_kit, load_site_kit
+from fedrad.pki.provision import ProjectSpec, provision
+from fedrad.run.simulate import build_sites, build_strategy, build_task, initial_weights
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
-from fedrad.simulation import build_sites, build_strategy, build_task, initial_weights
-from fedrad.site import Site
+from fedrad.site.handler import Site
 from fedrad.strategies.base import ServerState
 from fedrad.transport import InProcessTransport, Transport
 from fedrad.transport.grpc_transport import GrpcClient, GrpcServerTransport
-from fedrad.transport.kits import load_server_kit, load_site_kit
-from fedrad.transport.provision import ProjectSpec, provision
 
 from .helpers import running
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fedrad.codec import decode, encode
+from fedrad.pki.kits import SiteKit, load_server_kit, load_site_kit
+from fedrad.pki.provision import Kits, revoke_site
 from fedrad.transport.grpc_transport import Backoff, ClientError, ClientRefused, GrpcClient, GrpcServerTransport
-from fedrad.transport.kits import SiteKit, load_server_kit, load_site_kit
-from fedrad.transport.provision import Kits, revoke_site
 from fedrad.types import DataKind, Instruction, InstructionKind
 
 from .helpers import EchoSite, running, wait_until

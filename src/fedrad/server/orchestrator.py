@@ -29,7 +29,7 @@ from fedrad.server.evaluation import ModelEvaluation, evaluate_models
 from fedrad.server.ledger import Ledger
 from fedrad.server.validation import UpdateValidator
 from fedrad.strategies.base import FitResult, FitTask, Fold, ServerState, Strategy
-from fedrad.transport.inprocess import Transport
+from fedrad.transport.base import Transport
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Ensemble: each site trains its own model from the shared initialisation and shares nothing.
 
 Round 0 sends the shared initialisation; later rounds send an empty model, and each site
-continues its own (fedrad.site.Site keeps the model of its last fit). Nothing comes back but an
+continues its own (fedrad.site.handler.Site keeps the model of its last fit). Nothing comes back but an
 empty model. At prediction time a query goes to every site and their output probabilities are
 averaged (`rule="mean"`) or put to a majority vote (`rule="vote"`): the orchestrator's ensemble
 evaluation (fedrad.server.ensemble_eval) calls `combine_outputs`, and the ledger books the query

@@ -1,6 +1,6 @@
 """FedProx (Li et al. 2020): FedAvg whose sites add mu/2 * ||w - w_global||^2 to their loss.
 
-The proximal term is applied at the site (fedrad.local_training.train_epochs) from the typed
+The proximal term is applied at the site (fedrad.site.training.train_epochs) from the typed
 FitConfig.prox_mu; the server side is FedAvg's.
 
 Example:

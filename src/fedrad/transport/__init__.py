@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from fedrad.transport.inprocess import InProcessTransport, Transport
+from fedrad.transport.base import Transport
+from fedrad.transport.inprocess import InProcessTransport
 
 __all__ = ["InProcessTransport", "Transport"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedrad.transport import pki
-from fedrad.transport.kits import ServerKit
+from fedrad.pki import certs as pki
+from fedrad.pki.kits import ServerKit
 
 
 class Refused(Exception):

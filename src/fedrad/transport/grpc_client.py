@@ -23,9 +23,9 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from fedrad.pki.kits import SiteKit, load_site_kit
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
-from fedrad.transport.kits import SiteKit, load_site_kit
 from fedrad.types import Instruction, Reply
 
 log = logging.getLogger(__name__)

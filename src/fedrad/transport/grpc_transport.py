@@ -26,11 +26,11 @@ from pathlib import Path
 
 import grpc
 
+from fedrad.pki.kits import ServerKit, load_server_kit
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
 from fedrad.transport.gatekeeper import Gatekeeper, Refused
 from fedrad.transport.grpc_client import Backoff, ClientError, ClientRefused, GrpcClient
-from fedrad.transport.kits import ServerKit, load_server_kit
 from fedrad.transport.taskboard import Ack, TaskBoard, Traffic, failed
 from fedrad.types import Instruction, Reply
 

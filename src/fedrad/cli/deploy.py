@@ -1,0 +1,164 @@
+"""`fedrad provision / server / client / status`: the commands a hospital IT admin runs (docs/deploy.md).
+
+Registered on the app of fedrad.cli by `register(app)`; the engine behind them is
+fedrad.run.serve (server) and fedrad.run.join (client).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import zlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedrad.config import ConfigError, JobConfig, load_config
+from fedrad.pki.kits import KitError
+from fedrad.pki.provision import ProvisionError
+from fedrad.server.status import read_status
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # piped (a log, `watch`): the whole table
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+Folder = Annotated[Path, typer.Option(help="a kit folder written by `fedrad provision`")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def _job(path: Path) -> JobConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def provision(
+    project: Annotated[Path | None, typer.Argument(help="project.yaml (omit with --add-site / --revoke-site)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the CA and the kits go")] = Path("kits"),
+    add_site: Annotated[str | None, typer.Option(help="issue a kit for one more site of OUT")] = None,
+    revoke_site: Annotated[str | None, typer.Option(help="revoke a site's certificate in OUT's CRL")] = None,
+) -> None:
+    """Create a project's CA, server kit and one kit per site; or add or revoke a site."""
+    from fedrad.pki import provision as prov
+
+    try:
+        if add_site is not None:
+            kit = prov.add_site(out, add_site)
+            console.print(f"kit for {add_site}: {kit}  (copy {out / 'server' / 'kit.json'} to the server too)")
+        elif revoke_site is not None:
+            crl = prov.revoke_site(out, revoke_site)
+            console.print(f"revoked {revoke_site}: {crl}  (copy it to the server kit; it is re-read, no restart)")
+        elif project is not None:
+            kits = prov.provision(prov.load_project(project), out)
+            console.print(f"server kit: {kits.server}")
+            for site, folder in kits.sites.items():
+                console.print(f"site kit {site}: {folder}")
+        else:
+            raise _fail("give a project.yaml, --add-site NAME or --revoke-site NAME")
+    except (ProvisionError, KitError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def server(
+    job: Annotated[Path, typer.Option(help="the job YAML every site approved")],
+    kit: Folder,
+    out: Annotated[Path, typer.Option("--out", help="results folder: metrics, model, checkpoint, status")],
+    resume: Annotated[bool, typer.Option(help="continue after the last checkpointed round in OUT")] = False,
+    bind: Annotated[str | None, typer.Option(help="host:port to listen on (default all interfaces, kit port)")] = None,
+    deadline: Annotated[float, typer.Option(help="seconds a round waits for replies")] = 600.0,
+    min_sites: Annotated[int | None, typer.Option(help="quorum (default: the job's strategy.min_sites)")] = None,
+    quorum_wait: Annotated[float, typer.Option(help="extra seconds to wait for a quorum before failing")] = 600.0,
+    wait_sites: Annotated[float, typer.Option(help="seconds to wait for all sites before round 0")] = 60.0,
+    poll: Annotated[float, typer.Option(help="seconds a site's request for work is held open")] = 15.0,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="replies read at once (slow links: more; memory ~ (2 + this) x model)")
+    ] = 1,
+) -> None:
+    """Serve a job to the sites of the server kit over gRPC + mutual TLS."""
+    from fedrad.run.serve import DeployError, ServerOptions, ServerRun
+    from fedrad.server.checkpoint import CheckpointError
+
+    config = _job(job)
+    _logging()
+    quorum = min_sites if min_sites is not None else config.strategy.min_sites
+    options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind, max_uploads)
+    console.print(f"job {config.name}: hash {config.job_hash()}  (each site's admin approves this)")
+    try:
+        summary = ServerRun(config, kit, out, options, resume).run()
+    except (DeployError, CheckpointError, KitError, OSError) as exc:
+        raise _fail(str(exc), 1) from None
+    console.print(f"done: {summary['rounds']} rounds, pooled {summary['pooled']}; results in {out}")
+
+
+def client(
+    kit: Folder,
+    data: Annotated[Path, typer.Option(help="this site's data YAML")],
+    job: Annotated[Path, typer.Option(help="this site's approved copy of the job YAML")],
+    expect_hash: Annotated[str | None, typer.Option(help="refuse to start unless the job hash starts so")] = None,
+    server_address: Annotated[str | None, typer.Option("--server", help="host:port (default: the kit's)")] = None,
+    backoff_cap: Annotated[float, typer.Option(help="longest wait between reconnection attempts, s")] = 60.0,
+) -> None:
+    """Run this hospital's site: pull work from the server, train and evaluate locally, reply."""
+    from fedrad.pki.kits import load_site_kit
+    from fedrad.run.join import client_site
+    from fedrad.run.serve import DeployError
+    from fedrad.transport.grpc_client import Backoff, ClientError, ClientRefused, GrpcClient
+
+    config = _job(job)
+    job_hash = config.job_hash()
+    if expect_hash is not None and not job_hash.startswith(expect_hash):
+        raise _fail(f"{job}: job hash {job_hash} does not match the approved {expect_hash}")
+    _logging()
+    try:
+        site_kit = load_site_kit(kit)
+        site = client_site(config, site_kit, data)
+    except (KitError, DeployError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"site {site_kit.site_id}: job {config.name} hash {job_hash}; only this job will run here")
+    seed = zlib.crc32(site_kit.site_id.encode())  # jitter differs between sites
+    runner = GrpcClient(site, site_kit, server_address=server_address, backoff=Backoff(cap_s=backoff_cap), seed=seed)
+    try:
+        runner.run()
+        if runner.finished is not None:
+            console.print(f"site {site_kit.site_id}: {runner.finished}; {runner.handled} instructions handled, exiting")
+    except ClientRefused as exc:
+        raise _fail(str(exc), 3) from None
+    except ClientError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        runner.stop()
+
+
+def status(folder: Annotated[Path, typer.Argument(help="the server's --out folder (or its status.json)")]) -> None:
+    """Each site's state now and in every completed round, from the server's status file."""
+    try:
+        doc = read_status(folder)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"phase: {doc.get('phase')}  round: {doc.get('round')}  updated: {doc.get('updated')}")
+    if doc.get("error"):
+        console.print(f"error: {doc['error']}", markup=False)
+    rounds = doc.get("rounds", [])
+    table = Table(title="sites")
+    for column in ["site", "now", "late", "MB down", "MB up", *[f"r{r['round']}" for r in rounds]]:
+        table.add_column(column)
+    for site, entry in doc.get("sites", {}).items():
+        history = [r["sites"].get(site, "-") for r in rounds]
+        wire = [f"{entry.get(key, 0):.2f}" for key in ("mb_to_site", "mb_from_site")]
+        table.add_row(site, entry["state"], str(entry["late"]), *wire, *history)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (provision, server, client, status):
+        app.command()(command)

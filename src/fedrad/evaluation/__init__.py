@@ -1,1 +1,0 @@
-"""Measures computed from run summaries (bias across sites, recency, cross-site transfer)."""

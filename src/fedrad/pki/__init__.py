@@ -1,0 +1,1 @@
+"""The project's own PKI: certificates (certs.py), provisioning of kits (provision.py), reading kits (kits.py)."""

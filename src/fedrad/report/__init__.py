@@ -1,0 +1,1 @@
+"""Reports: the comparison (comparison.py), its tables (sections.py), HTML (html.py), plots and bias."""

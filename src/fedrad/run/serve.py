@@ -1,0 +1,144 @@
+"""`fedrad server`: the simulator's own engine served over gRPC + mutual TLS.
+
+The server runs the same Orchestrator, Strategy, Ledger and RunDirectory as `fedrad run`; only
+the transport differs (GrpcServerTransport instead of in-process Sites). It adds what a network
+needs: a round deadline with a quorum (`fedrad.server.quorum`), a status file, and a checkpoint
+after every round so a restarted server (`--resume`) continues from the last completed round.
+The hospital's side is `fedrad.run.join`.
+
+    summary = ServerRun(config, Path("kits/server"), Path("runs/fl")).run()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedrad.config import JobConfig
+from fedrad.pki.kits import load_server_kit
+from fedrad.run.methods import method_extras, num_rounds
+from fedrad.run.simulate import build_strategy, build_task, initial_weights, run_summary
+from fedrad.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_ledger, save_checkpoint
+from fedrad.server.ledger import Ledger
+from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
+from fedrad.server.quorum import QuorumError, QuorumTransport
+from fedrad.server.results import RunDirectory
+from fedrad.server.status import STATUS_FILE, StatusFile
+from fedrad.strategies.base import ServerState
+from fedrad.transport.grpc_transport import GrpcServerTransport
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """The server or a client cannot go on; one line naming the file, the site or the round."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    deadline_s: float = 600.0  # a round closes this long after it opens ...
+    min_sites: int = 1  # ... if at least this many sites replied; otherwise it waits longer,
+    quorum_wait_s: float = 600.0  # up to this much, and then fails with a clear status
+    wait_sites_s: float = 60.0  # before round 0: how long to wait for every site to connect
+    poll_s: float = 15.0  # how long a site's request for work is held open
+    bind: str | None = None  # default: all interfaces, the port in the kit
+    max_uploads: int = 1  # replies read at once: 1 keeps memory at ~3 models; slow links want more
+
+
+@dataclass
+class ServerRun:
+    """One job served over gRPC + mTLS to the sites in the server kit; writes the results contract."""
+
+    config: JobConfig
+    kit_dir: Path
+    out: Path
+    options: ServerOptions = ServerOptions()
+    resume: bool = False
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        kit, method = load_server_kit(self.kit_dir), self.config.strategy.name
+        task, strategy = build_task(self.config), build_strategy(self.config, method)
+        if strategy.simulation_only:
+            raise DeployError(f"strategy {method!r} is a simulation-only baseline; `fedrad run` runs it")
+        sites, job_hash = sorted(kit.sites), self.config.job_hash()
+        ledger, start, lines = Ledger(), 0, []
+        state = strategy.initial_state(initial_weights(task, self.config.seed), sites)
+        if self.resume:
+            start, state, lines = self._restore(ledger, method, job_hash)
+        directory = RunDirectory(self.out, method, self.config.to_yaml())
+        if lines:
+            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+        options = self.options
+        transport = GrpcServerTransport(
+            kit, bind=options.bind, reply_timeout_s=options.deadline_s, poll_s=options.poll_s,
+            quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s, max_uploads=options.max_uploads,
+        )
+        with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
+            rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit
+            status.update(phase="waiting for sites", round=start, job_hash=job_hash, method=method)
+            missing = transport.wait_for_sites(sites, options.wait_sites_s) if start < rounds else set()
+            if start >= rounds:
+                log.info("the checkpoint holds the final round %d: nothing left to run", rounds - 1)
+            if missing:
+                log.warning("starting round %d without sites that have not connected: %s", start, sorted(missing))
+
+            def on_round(record: RoundRecord, new_state: ServerState) -> None:
+                directory.on_round(record, new_state)
+                lines.append((self.out / "metrics.jsonl").read_text().splitlines()[-1])
+                save_checkpoint(
+                    self.out / CHECKPOINT_FILE,
+                    Checkpoint(record.round, method, job_hash, new_state, ledger.rows(), list(lines)),
+                )
+                status.completed(record)
+                status.update(round=record.round + 1)
+
+            ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed)
+            orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round)
+            status.update(phase="running")
+            try:
+                orchestrator.run(state, start)
+            except QuorumError as exc:
+                status.update(phase="failed", error=str(exc))
+                raise DeployError(str(exc)) from None
+            status.update(phase="done", round=rounds)
+            untold = transport.finish(job_hash, f"job {self.config.name} finished after {rounds} rounds",
+                                      linger_s=2 * options.poll_s + 5)
+            if untold:
+                log.info("sites not told that the job finished (not polling): %s", sorted(untold))
+        summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
+        if self.resume:  # the whole run, not only the rounds this process ran: from every metrics line
+            summary |= _from_metrics_lines(lines)
+        wire = transport.traffic()  # serialized protobuf, both directions: what the ledger's payloads cost
+        summary["wire_bytes"] = {s: {"to_site": t.to_site, "from_site": t.from_site} for s, t in sorted(wire.items())}
+        summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
+                    "metric": getattr(task, "primary_metric", "balanced_accuracy")}
+        summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran
+        directory.write_summary(summary)
+        return summary
+
+    def _restore(self, ledger: Ledger, method: str, job_hash: str) -> tuple[int, ServerState, list[str]]:
+        path = self.out / CHECKPOINT_FILE
+        if not path.exists():
+            raise DeployError(f"{path}: no checkpoint to resume from (run without --resume to start afresh)")
+        checkpoint = load_checkpoint(path)
+        if checkpoint.job_hash != job_hash or checkpoint.strategy != method:
+            raise DeployError(
+                f"{path}: written for job {checkpoint.job_hash[:12]} ({checkpoint.strategy}), "
+                f"not this job {job_hash[:12]} ({method})"
+            )
+        restore_ledger(ledger, checkpoint.ledger_rows)
+        log.info("resuming after round %d from %s", checkpoint.round, path)
+        return checkpoint.round + 1, checkpoint.state, checkpoint.metrics_lines
+
+
+def _from_metrics_lines(lines: Sequence[str]) -> dict:
+    """A resumed run's failures (all rounds) and pooled / per-site metrics (the last evaluated round)."""
+    rows = [json.loads(line) for line in lines]
+    evaluated = [row for row in rows if row.get("pooled")]
+    last = evaluated[-1] if evaluated else {"pooled": {}, "sites": {}}
+    return {"failures": sum(len(row["failures"]) for row in rows), "pooled": last["pooled"], "sites": last["sites"]}
