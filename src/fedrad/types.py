@@ -28,6 +28,17 @@ class DataKind(StrEnum):
     CONTROL = "control_variates"  # SCAFFOLD's control variates (server c to a site, a site's delta c_i back)
 
 
+class FailureKind(StrEnum):
+    """Why a site did not deliver: typed, so that summaries, status and exit codes never parse messages."""
+
+    TIMEOUT = "timeout"  # no reply by the deadline (the site is connected, or was)
+    DROPPED = "dropped"  # the site is not connected, or hung up mid-task
+    REJECTED = "rejected"  # a reply arrived but failed validation (unreadable, wrong shape, non-finite, too large)
+    REFUSED = "refused"  # the site refused the instruction (another job hash, weights it cannot use)
+    ERROR = "error"  # the site raised while training or evaluating
+    BUDGET = "budget"  # the site declined: its next round would exceed its privacy budget
+
+
 class InstructionKind(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
@@ -81,6 +92,11 @@ class Reply:
     num_examples: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
+    error_kind: FailureKind | None = None  # with `error`: why (left unset, ERROR)
+
+    def __post_init__(self) -> None:
+        if self.error is not None and self.error_kind is None:
+            object.__setattr__(self, "error_kind", FailureKind.ERROR)
 
     @property
     def ok(self) -> bool:
@@ -96,3 +112,5 @@ class SiteFailure:
 
     site_id: str
     reason: str
+    kind: FailureKind = FailureKind.ERROR
+    phase: str = "train"  # "train" or "evaluate"

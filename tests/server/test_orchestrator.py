@@ -73,7 +73,9 @@ def test_a_site_that_raises_is_a_failure_and_the_round_completes(tiny_config, tm
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == tiny_config.train.rounds == summary["rounds"]
     for line in lines:
-        assert line["failures"] == [{"site_id": "s2", "reason": "RuntimeError: disk full at s2"}]
+        assert line["failures"] == [
+            {"site_id": "s2", "reason": "RuntimeError: disk full at s2", "kind": "error", "phase": "train"}
+        ]
         assert set(line["train"]) == {"s1", "s3"}
         assert set(line["sites"]) == {"s1", "s2", "s3"}  # s2 still evaluates the global model
     assert summary["failures"] == tiny_config.train.rounds

@@ -8,7 +8,7 @@ import pytest
 from fedrad.codec import decode, encode
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
-from fedrad.types import DataKind, FitConfig, Instruction, InstructionKind, Reply
+from fedrad.types import DataKind, FailureKind, FitConfig, Instruction, InstructionKind, Reply
 
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
 
@@ -52,10 +52,18 @@ def test_reply_round_trip_keeps_every_field(error: str | None) -> None:
         num_examples=123,
         metrics={"train_loss": 0.125, "auc": 0.75},
         error=error,
+        error_kind=None if error is None else FailureKind.BUDGET,
     )
     messages = list(wire.reply_messages(reply, task_id="t-2", chunk_size=512))
     assert sum(m.WhichOneof("body") == "chunk" for m in messages) == 4 + 1
     assert wire.read_reply(iter(messages)) == ("t-2", reply)
+
+
+def test_a_failure_kind_this_server_does_not_know_reads_as_error() -> None:
+    reply = Reply(round=0, site_id="hospital-b", kind=InstructionKind.FIT, error="no", error_kind=FailureKind.BUDGET)
+    messages = list(wire.reply_messages(reply, task_id="t-3"))
+    messages[0].reply.error_kind = "mischief"
+    assert wire.read_reply(iter(messages))[1].error_kind == FailureKind.ERROR
 
 
 def test_every_dataclass_field_has_a_wire_field() -> None:

@@ -30,7 +30,7 @@ from fedrad.server.ledger import Ledger
 from fedrad.server.validation import UpdateValidator
 from fedrad.strategies.base import FitResult, FitTask, Fold, ServerState, Strategy
 from fedrad.transport.base import Transport
-from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure
+from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply, SiteFailure
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +171,17 @@ class Orchestrator:
         self.ctx.ledger.record_message(round, "train", reply.site_id, "received", instruction.nbytes())
         self.ctx.ledger.record_message(round, "train", reply.site_id, "sent", reply.nbytes())
         if not reply.ok:
-            failures.append(SiteFailure(reply.site_id, reply.error or "unknown error"))
+            failures.append(SiteFailure(reply.site_id, reply.error or "unknown error", reply.error_kind))
             return None
         try:
             weights = views(reply.payload[DataKind.WEIGHTS])
             control = views(reply.payload[DataKind.CONTROL]) if DataKind.CONTROL in reply.payload else None
         except (KeyError, CodecError) as exc:
-            failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}"))
+            failures.append(SiteFailure(reply.site_id, f"unreadable reply: {exc}", FailureKind.REJECTED))
             return None
         rejected = self._rejected(task, reply, weights, control)
         if rejected is not None:
-            failures.append(SiteFailure(reply.site_id, rejected))
+            failures.append(SiteFailure(reply.site_id, rejected, FailureKind.REJECTED))
             return None
         return FitResult(reply.site_id, weights, reply.num_examples, dict(reply.metrics), control)
 

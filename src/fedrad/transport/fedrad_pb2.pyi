@@ -67,7 +67,7 @@ class InstructionHeader(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., site_id: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[_Union[FitConfig, _Mapping]] = ..., job_hash: _Optional[str] = ..., seed: _Optional[int] = ..., payloads: _Optional[_Iterable[_Union[PayloadHeader, _Mapping]]] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
-    __slots__ = ("task_id", "round", "site_id", "kind", "num_examples", "metrics", "error", "payloads")
+    __slots__ = ("task_id", "round", "site_id", "kind", "num_examples", "metrics", "error", "payloads", "error_kind")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class ReplyHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     site_id: str
@@ -91,7 +92,8 @@ class ReplyHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     error: str
     payloads: _containers.RepeatedCompositeFieldContainer[PayloadHeader]
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., site_id: _Optional[str] = ..., kind: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[PayloadHeader, _Mapping]]] = ...) -> None: ...
+    error_kind: str
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., site_id: _Optional[str] = ..., kind: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[PayloadHeader, _Mapping]]] = ..., error_kind: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("payload", "index", "data")

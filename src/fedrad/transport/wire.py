@@ -18,7 +18,7 @@ from dataclasses import asdict, fields
 from typing import TypeVar
 
 from fedrad.transport import fedrad_pb2 as pb
-from fedrad.types import DataKind, FitConfig, Instruction, InstructionKind, Reply
+from fedrad.types import DataKind, FailureKind, FitConfig, Instruction, InstructionKind, Reply
 
 SERVICE = "fedrad.transport.v1.Federation"  # as declared in fedrad.proto
 WORK_METHOD = f"/{SERVICE}/Work"
@@ -63,6 +63,7 @@ def reply_header(reply: Reply, task_id: str, chunk_size: int = CHUNK_SIZE) -> pb
             num_examples=reply.num_examples,
             metrics={name: float(value) for name, value in reply.metrics.items()},
             error=reply.error,
+            error_kind=FailureKind(reply.error_kind).value if reply.error_kind is not None else "",
             payloads=_payload_headers(reply.payload, chunk_size),
         )
     except (TypeError, ValueError) as exc:
@@ -90,7 +91,16 @@ def reply_from_header(header: pb.ReplyHeader, payload: Mapping[DataKind, bytes])
         num_examples=header.num_examples,
         metrics=dict(header.metrics),
         error=header.error if header.HasField("error") else None,
+        error_kind=_failure_kind(header.error_kind) if header.HasField("error") else None,
     )
+
+
+def _failure_kind(text: str) -> FailureKind:
+    """A site's own word for why it failed; anything this server does not know reads as ERROR."""
+    try:
+        return FailureKind(text)
+    except ValueError:
+        return FailureKind.ERROR
 
 
 # 2) streaming: header first, then the chunks ---------------------------------------------------
