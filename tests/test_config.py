@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from fedrad.cli import app
-from fedrad.config import ConfigError, load_config
+from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 
 
 def _write(tmp_path, text):
@@ -56,3 +58,32 @@ def test_cli_refuses_an_unknown_method(tmp_path):
     result = CliRunner().invoke(app, ["compare", "examples/phantom.yaml", "--methods", "fedavg,magic",
                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "magic" in result.output
+
+
+def test_the_job_hash_is_the_same_for_the_same_content_at_any_path(tmp_path, monkeypatch):
+    text = "name: sites\ndata:\n  source: sites\n  sites: [hospital-a.yaml, ../shared/hospital-b.yaml]\n"
+    top = _write(tmp_path, text)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    nested = tmp_path / "a" / "b" / "job.yaml"
+    nested.write_text(text)
+    monkeypatch.chdir(tmp_path)
+
+    same_file = [load_config("job.yaml"), load_config(top), load_config(tmp_path / "a" / ".." / "job.yaml")]
+    copy = load_config("a/b/job.yaml")
+
+    assert len({config.job_hash() for config in [*same_file, copy]}) == 1
+    assert copy.data.sites == [Path("hospital-a.yaml"), Path("../shared/hospital-b.yaml")]  # kept as written
+    assert str(tmp_path) not in copy.to_yaml()  # config.yaml holds the job as written too
+    root = tmp_path.resolve()
+    for config in same_file:  # each relative site YAML is found beside the job file, whatever the path
+        assert [p.resolve() for p in config.site_paths()] == [root / "hospital-a.yaml",
+                                                              root.parent / "shared" / "hospital-b.yaml"]
+    assert [p.resolve() for p in copy.site_paths()] == [root / "a" / "b" / "hospital-a.yaml",
+                                                        root / "a" / "shared" / "hospital-b.yaml"]
+    assert for_strategy(copy, "fedprox").site_paths() == copy.site_paths()  # `fedrad compare` finds them too
+
+
+def test_a_job_not_read_from_a_file_takes_its_site_yamls_from_the_current_folder():
+    config = JobConfig.model_validate({"data": {"source": "sites", "sites": ["a.yaml", "/abs/b.yaml"]}})
+    assert config.site_paths() == [Path("a.yaml"), Path("/abs/b.yaml")]
+    assert JobConfig().site_paths() == []

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
+from fedrad.data.base import SiteData, Split
+
 TINY = {
     "name": "tiny",
     "seed": 3,
@@ -34,3 +38,20 @@ def tiny_job(**changes: dict | str | int) -> dict:
         else:
             job[key] = copy.deepcopy(value)
     return job
+
+
+# A tabular job: data.sites is never read when the sites are given in memory (`tabular_sites`).
+TABULAR = {"name": "tiny-tabular", "seed": 3, "data": {"source": "sites", "sites": ["unread.yaml"]},
+           "task": {"kind": "tabular", "hidden": [8]}, "train": {"rounds": 2, "batch_size": 8, "lr": 0.1}}  # fmt: skip
+
+
+def tabular_sites(num_sites: int = 3, n: int = 40) -> list[SiteData]:
+    """Sites of (n, 4) features whose label is a linear rule, in memory (no CSV): train / val / test."""
+    sites = []
+    for k in range(num_sites):
+        rng = np.random.default_rng(k)
+        x = rng.normal(0.3 * k, 1.0, (n, 4)).astype(np.float32)
+        y = (x[:, 0] + x[:, 1] > 0.6 * k).astype(np.int64)
+        parts = [Split(x[a:b], y[a:b]) for a, b in ((0, n // 2), (n // 2, 3 * n // 4), (3 * n // 4, n))]
+        sites.append(SiteData(f"t{k + 1}", *parts))
+    return sites

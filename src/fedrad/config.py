@@ -13,19 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fedrad.data.harmonize import HarmonizeConfig
+from fedrad.strategies import registry
+from fedrad.strategies.registry import StrategySection, UnknownStrategyError
 from fedrad.types import FitConfig
 from fedrad.yamlfile import read_yaml_mapping
-
-METHODS = ("fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "cwt", "ensemble", "cds", "local")
-MethodName = Literal[
-    "fedavg", "fedprox", "fedbn", "fedavgm", "fedadam", "scaffold", "swt", "cwt", "ensemble", "cds", "local"
-]
 
 
 class ConfigError(ValueError):
@@ -69,7 +76,8 @@ class DataConfig(_Strict):
     num_sites: int | None = Field(None, ge=1, le=6)
     hospitals: list[HospitalConfig] | None = Field(None, min_length=1)
     image_size: int = Field(64, ge=16, le=256)
-    # source: sites. One YAML per hospital (docs/data.md); relative paths are from the job YAML's folder.
+    # source: sites. One YAML per hospital (docs/data.md); relative paths are from the job YAML's folder
+    # (JobConfig.site_paths). Kept as written: the job hash and config.yaml do not depend on that folder.
     sites: list[Path] | None = Field(None, min_length=1)
     harmonize: HarmonizeConfig | None = None  # applied identically at every site (fedrad.data.harmonize)
     # Build the phantom federation by partitioning pooled phantom data instead (fedrad.data.partition).
@@ -113,18 +121,29 @@ class TrainConfig(_Strict):
         )
 
 
-class StrategyConfig(_Strict):
-    name: MethodName = "fedavg"
-    fraction: float = Field(1.0, gt=0, le=1)  # FedAvg: share of sites asked per round
-    min_sites: int = Field(1, ge=1)
-    prox_mu: float = Field(0.01, gt=0)  # FedProx's proximal weight
-    server_lr: float = Field(0.01, gt=0)  # FedAdam / FedAvgM server step (FedAvgM with 1.0 and momentum 0 = FedAvg)
-    server_momentum: float = Field(0.9, ge=0, lt=1)  # FedAvgM's beta, FedAdam's beta1
-    # SWT / CWT: the visiting order (every site once), or None for a seeded-random one.
-    order: list[str] | None = None
-    patience: int = Field(3, ge=1)  # SWT: epochs without a better validation loss before moving on
-    reshuffle: bool = False  # CWT: a new seeded order each cycle
-    ensemble_rule: Literal["mean", "vote"] = "mean"  # ensemble: average probabilities or majority vote
+def _strategy_section(value: object) -> StrategySection:
+    """The `strategy:` block as the section its `name` registered (default fedavg), validated by it.
+
+    A union discriminated on `name` through the registry. Not pydantic's tagged union: that puts the
+    tag into an error's location ('strategy.fedavg.prox_mu'); here it is the YAML key ('strategy.prox_mu').
+    """
+    if isinstance(value, StrategySection):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("strategy_section", "expected a mapping with a strategy 'name'")
+    name = value.get("name", "fedavg")
+    try:
+        section = registry.get(str(name)).section
+    except UnknownStrategyError as exc:
+        error = PydanticCustomError("unknown_strategy", str(exc))  # no context: the message is not a template
+        line = {"type": error, "loc": ("name",), "input": name}
+        raise ValidationError.from_exception_data("strategy", [line]) from None
+    return section.model_validate(value)  # its errors are located under 'strategy'
+
+
+# The chosen strategy's own section (fedrad.strategies.registry): its keys only, so an unknown key or
+# another strategy's (prox_mu under fedavg) is an error, and the job hash covers only its settings.
+StrategyConfig = Annotated[SerializeAsAny[StrategySection], PlainValidator(_strategy_section)]
 
 
 class EvaluationConfig(_Strict):
@@ -137,8 +156,11 @@ class JobConfig(_Strict):
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     train: TrainConfig = TrainConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: StrategyConfig = registry.get("fedavg").section()
     evaluation: EvaluationConfig = EvaluationConfig()
+    # The folder of the job YAML it was read from (load_config): where relative data.sites are.
+    # Not a field: the job hash, which every site approves, is of the content, not of where it lies.
+    _folder: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _kind_fits_source(self) -> JobConfig:
@@ -149,13 +171,34 @@ class JobConfig(_Strict):
             raise ValueError("task.kind 'tabular' does not fit data.source 'phantom' (images)")
         return self
 
+    def site_paths(self) -> list[Path]:
+        """`data.sites`, each relative one taken from the job YAML's folder (the current folder for a
+        job not read from a file); empty for a phantom job."""
+        base = self._folder or Path()
+        return [path if path.is_absolute() else base / path for path in self.data.sites or []]
+
     def job_hash(self) -> str:
-        """sha256 of the resolved configuration: what a site's admin approves."""
+        """sha256 of the validated configuration, defaults filled in: what a site's admin approves.
+
+        It depends on the job's content only: `data.sites` is hashed as written, so the server and
+        the clients agree whatever path each opened the job file by.
+        """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def for_strategy(config: JobConfig, name: str) -> JobConfig:
+    """The job run with strategy `name` (`fedrad compare` runs several on one job): the job's own section
+    when it names `name`, else `name`'s defaults with the job's values for the keys the two share
+    (`order` from swt to swt-reversed or cwt, `fraction` from fedavg to fedprox). Unknown name: ValueError."""
+    if config.strategy.name == name:
+        return config
+    section = registry.get(name).section
+    shared = {k: v for k, v in config.strategy.model_dump().items() if k in section.model_fields and k != "name"}
+    return config.model_copy(update={"strategy": section.model_validate({**shared, "name": name})})
 
 
 def _describe(error: ValidationError, path: Path) -> str:
@@ -174,12 +217,5 @@ def load_config(path: str | Path) -> JobConfig:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
-    return _with_base(config, path.parent)
-
-
-def _with_base(config: JobConfig, base: Path) -> JobConfig:
-    """Site YAML paths taken from the job YAML's folder when relative."""
-    if not config.data.sites:
-        return config
-    sites = [p if p.is_absolute() else base / p for p in config.data.sites]
-    return config.model_copy(update={"data": config.data.model_copy(update={"sites": sites})})
+    config._folder = path.parent  # for site_paths(); the content, and so the hash, is left as written
+    return config

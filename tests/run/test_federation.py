@@ -11,11 +11,12 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrad.cli import app
-from fedrad.config import ConfigError, JobConfig, load_config
+from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.run.federation import FederationError, load_federation
 from fedrad.run.simulate import MethodRun, build_task
 from fedrad.tasks.tabular import TabularTask
 from tests.data.conftest import write_csv, write_dicom
+from tests.tiny import TABULAR, tabular_sites
 
 
 def _dicom_site(root: Path, site_id: str, patients: int, seed: int) -> Path:
@@ -152,3 +153,21 @@ def test_declared_model_sizes_build_the_server_model_and_data_must_fit_them(tiny
         build_task_for(wrong, phantom)
     fewer = tiny_config.model_copy(update={"task": tiny_config.task.model_copy(update={"num_classes": 4})})
     assert build_task_for(fewer, phantom).num_classes == 4  # declared above what the labels show: kept
+
+
+def test_fedbn_on_the_tabular_mlp_is_refused_with_one_line_saying_why():
+    config = JobConfig.model_validate(TABULAR | {"strategy": {"name": "fedbn"}})
+    reason = "strategy 'fedbn' cannot run a tabular task: fedbn keeps BatchNorm local; the tabular MLP has none"
+    with pytest.raises(FederationError, match=f"^{reason}$"):
+        build_task(config, tabular_sites())
+    assert build_task(for_strategy(config, "fedavg"), tabular_sites()).kind == "tabular"
+
+
+def test_the_cli_refuses_a_method_the_task_cannot_support_before_running_any(tmp_path):
+    sites = [_tabular_site(tmp_path, f"clinic-{i}", 40, 0.0, i) for i in range(2)]
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"data": {"source": "sites", "sites": [p.name for p in sites]}}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", str(job), "--methods", "fedavg,fedbn", "--out", str(out)])
+    assert result.exit_code == 2 and "fedbn keeps BatchNorm local" in result.output
+    assert not out.exists()  # fedavg did not run either

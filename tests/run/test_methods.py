@@ -2,22 +2,23 @@ from __future__ import annotations
 
 import pytest
 
-from fedrad.config import METHODS, JobConfig
-from fedrad.run.methods import FEDERATED, build_federated, planned_rounds
-from fedrad.run.simulate import MethodRun, build_sites
+from fedrad.config import JobConfig, for_strategy
+from fedrad.run.simulate import MethodRun, build_sites, build_strategy
+from fedrad.strategies import registry
 
 
-@pytest.mark.parametrize("method", FEDERATED)
-def test_every_method_is_built_with_the_shared_budget(tiny_config, method):
-    strategy = build_federated(tiny_config, method)
-    train = tiny_config.train
+@pytest.mark.parametrize("method", ["swt", "swt-reversed", "cwt"])
+def test_sequential_methods_are_built_with_the_shared_budget(tiny_config, method):
+    strategy = build_strategy(tiny_config, method)
+    train, spec = tiny_config.train, registry.get(method)
+    section = for_strategy(tiny_config, method).strategy
     if method.startswith("swt"):
         assert strategy.config.fit.epochs == train.rounds * train.local_epochs
-        assert strategy.config.fit.patience == tiny_config.strategy.patience
-        assert planned_rounds(tiny_config, method, 3) == 3
-    elif method == "cwt":
-        assert strategy.config.cycles == train.rounds and planned_rounds(tiny_config, method, 3) == 3 * train.rounds
-    assert method in METHODS or method == "swt-reversed"
+        assert strategy.config.fit.patience == section.patience
+        assert spec.rounds(train.rounds, 3, section) == 3
+    else:
+        assert strategy.config.cycles == train.rounds and spec.rounds(train.rounds, 3, section) == 3 * train.rounds
+    assert strategy.name == method and strategy.config.reverse == (method == "swt-reversed")
 
 
 def test_swt_records_its_order_and_the_reversed_run_visits_it_backwards(tiny_config, tmp_path):
@@ -50,3 +51,14 @@ def test_a_partitioned_federation_comes_from_the_config(tiny_config):
     sites = build_sites(config)
     assert [s.site_id for s in sites] == ["site-0", "site-1", "site-2", "site-3"]
     assert sum(len(s.train) + len(s.val) + len(s.test) for s in sites) == 80
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_every_strategy_moves_what_its_registration_declares(tiny_config, tmp_path, method):
+    spec = registry.get(method)
+    summary = MethodRun(tiny_config, method, tmp_path, build_sites(tiny_config)).run()
+    moved = {kind for kind, nbytes in summary["ledger"]["by_kind"].items() if nbytes > 0}
+    declared = {kind.value for kind in spec.exchanges}
+    evaluation = set() if spec.simulation_only else {"weights", "metrics"}  # models out, statistics back
+    assert declared <= moved <= declared | evaluation
+    assert summary["method"] == method and summary["simulation_only"] == spec.simulation_only

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from tests.tiny import TABULAR, tabular_sites
+
+from fedrad.config import JobConfig
 from fedrad.run.simulate import MethodRun, build_sites
 
 
@@ -17,3 +20,11 @@ def test_ensemble_evaluation_moves_the_query_images_and_outputs(tiny_config, tmp
     assert ledger["by_phase"]["evaluate"] > 0 and set(summary["sites"]) == {"s1", "s2", "s3"}
     # training shares nothing but the initialisation (round 0) and empty models afterwards
     assert ledger["by_kind"]["weights"] < 2 * 3 * 10_000 + rounds * 3 * 200
+
+
+def test_an_ensemble_on_a_tabular_job_reports_a_pooled_metric(tmp_path):
+    config = JobConfig.model_validate(TABULAR | {"strategy": {"name": "ensemble"}})
+    summary = MethodRun(config, "ensemble", tmp_path, tabular_sites()).run()
+    assert summary["metric"] == "balanced_accuracy" and 0.0 <= summary["pooled"]["balanced_accuracy"] <= 1.0
+    assert summary["pooled"]["num_test"] == 3 * 10 and set(summary["sites"]) == {"t1", "t2", "t3"}
+    assert summary["ledger"]["by_kind"]["outputs"] > 0  # the members' probabilities on the query features

@@ -18,7 +18,7 @@ def _asked(strategy, rounds):
 
 def test_swt_visits_each_site_once_in_the_given_order():
     swt = SequentialTraining(SequentialConfig(order=("c", "a", "b")))
-    assert swt.name == "swt" and swt.num_rounds(SITES) == 3
+    assert swt.name == "swt" and swt.num_rounds(1, SITES) == 3
     assert _asked(swt, 3) == [["c"], ["a"], ["b"]]
 
 
@@ -36,7 +36,7 @@ def test_seeded_order_is_reproducible_and_a_permutation():
 def test_cwt_repeats_the_order_and_decays_lr_per_cycle():
     fit = FitConfig(epochs=2, lr=0.1, lr_decay=0.5)
     cwt = SequentialTraining(SequentialConfig(cycles=2, order=("b", "a", "c"), fit=fit))
-    assert cwt.name == "cwt" and cwt.num_rounds(SITES) == 6
+    assert cwt.name == "cwt" and cwt.num_rounds(2, SITES) == 6
     assert _asked(cwt, 6) == [["b"], ["a"], ["c"], ["b"], ["a"], ["c"]]
     state = cwt.initial_state({"w": np.zeros(1)}, SITES)
     (visit,) = cwt.configure(4, state, SITES)  # cycle 1: lr 0.1 * 0.5, constant within the visit

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fedrad.cli import app
 from fedrad.tasks.metrics import sum_stats
-from fedrad.tasks.segmentation import SegmentationTask, dice_metrics, dice_stats
+from fedrad.tasks.segmentation import SegmentationTask, dice_metrics, dice_stats, empty_dice_stats
 
 
 def _masks(*rows: str) -> np.ndarray:
@@ -102,3 +102,11 @@ def test_an_ensemble_segments_by_mean_probability_or_majority_vote():
     votes = majority_vote(members)
     np.testing.assert_allclose(votes[0, 0], [[1.0, 1 / 3], [1 / 3, 0.0]])
     assert task.metrics(task.stats(votes, truth))["dice"] == pytest.approx(2 / 3)
+
+
+def test_the_dice_metrics_count_predicted_and_true_lesion_pixels_and_zero_images_have_statistics():
+    true = np.zeros((2, 1, 4, 4), np.float32)
+    true[0, 0, :2, :2] = 1
+    background = dice_metrics(dice_stats(np.zeros_like(true), true))  # the collapse: no lesion predicted
+    assert background["predicted_foreground"] == 0 and background["true_foreground"] == 4
+    assert dice_metrics(sum_stats([empty_dice_stats(), dice_stats(true, true)]))["dice"] == 1.0

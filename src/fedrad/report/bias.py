@@ -4,8 +4,9 @@
 - worst-site gain: the method's metric on its worst site minus that site's local-only model's
   metric on it (needs a `local` summary in the comparison);
 - recency bias (SWT / CWT): metric on the last-visited site minus on the first-visited site.
-  For `swt-reversed` it is also given on the forward run's (last, first) pair, whose sign flips
-  when the advantage follows the visiting order rather than the sites;
+  For a companion run (`swt-reversed`, registered as swt's companion) it is also given on the
+  forward run's (last, first) pair, whose sign flips when the advantage follows the visiting
+  order rather than the sites;
 - cross-site matrix: each site's local model on every site's test set (local-only's `cross_site`).
 
 `add_bias` writes these into each summary as `bias`, so comparison.json carries every number the
@@ -15,6 +16,9 @@ report shows.
 from __future__ import annotations
 
 import numpy as np
+
+from fedrad.strategies import registry
+from fedrad.strategies.baselines import LocalOnly
 
 
 def spread(sites: dict[str, dict], metric: str) -> dict[str, float] | None:
@@ -52,8 +56,8 @@ def cross_site_matrix(summary: dict, metric: str) -> dict | None:
 
 def add_bias(summaries: list[dict], metric: str) -> list[dict]:
     """Each summary with a `bias` entry; pure (returns new dicts)."""
-    local = next((s for s in summaries if s["method"] == "local"), None)
-    forward = next((s for s in summaries if s["method"] == "swt" and s.get("order")), None)
+    local = next((s for s in summaries if s["method"] == LocalOnly.name), None)
+    by_method = {s["method"]: s for s in summaries}
     out = []
     for s in summaries:
         bias: dict = {"spread": spread(s["sites"], metric)}
@@ -62,10 +66,10 @@ def add_bias(summaries: list[dict], metric: str) -> list[dict]:
         if s.get("order"):
             # the visiting order of a cycle: the last len(sites) visits (CWT's final cycle)
             bias["recency"] = recency_bias(s["sites"], s["order"][-len(s["sites"]):], metric)
-        if s["method"] == "swt-reversed" and forward is not None and s.get("order"):
-            pair = recency_bias(s["sites"], forward["order"], metric)
-            bias["recency_on_forward_pair"] = pair
-        if s["method"] == "local":
+        forward = by_method.get(registry.companion_of(s["method"]) or "")  # swt-reversed: the swt run
+        if forward is not None and forward.get("order") and s.get("order"):
+            bias["recency_on_forward_pair"] = recency_bias(s["sites"], forward["order"], metric)
+        if s.get("cross_site"):  # one model per site (local-only)
             bias["cross_site"] = cross_site_matrix(s, metric)
         out.append({**s, "bias": bias})
     return out

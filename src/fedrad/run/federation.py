@@ -29,7 +29,8 @@ from fedrad.data.harmonize import HarmonizationError, Harmonizer, verify_site
 from fedrad.data.partition import phantom_partition
 from fedrad.data.phantom import DEFAULT_HOSPITALS, HospitalSpec, ScannerProfile, phantom_sites
 from fedrad.data.readers import SiteDataConfigError, Skipped, load_site_data
-from fedrad.tasks import ClassificationTask
+from fedrad.strategies import registry
+from fedrad.tasks import ClassificationTask, Task
 from fedrad.tasks.segmentation import SegmentationTask
 from fedrad.tasks.tabular import TabularTask
 
@@ -68,7 +69,7 @@ def _phantom(config: JobConfig, segmentation: bool) -> list[SiteData]:
 
 def _read_sites(config: JobConfig, report: Callable[[str], None], harmonizer: Harmonizer | None) -> Federation:
     federation = Federation([])
-    for path in config.data.sites or []:
+    for path in config.site_paths():  # relative ones from the job YAML's folder
         try:
             data, skipped = load_site_data(path, harmonizer)
         except SiteDataConfigError as exc:
@@ -153,13 +154,22 @@ def _num_classes(sites: Sequence[SiteData]) -> int:
     return max(2, max(labels) + 1)
 
 
-def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()):
+def check_strategy(name: str, kind: str) -> None:
+    """Refuse a strategy that a task kind cannot support: FederationError, one line saying why."""
+    reason = registry.get(name).supports(kind)
+    if reason is not None:
+        raise FederationError(f"strategy '{name}' cannot run a {kind} task: {reason}")
+
+
+def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()) -> Task:
     """The task (model, loss, summable metrics) for the job's kind, sized from the job or the sites' data.
 
     `task.in_channels` / `task.num_classes`, when set, fix the model's size and every site's data
-    must fit them; a deployed server (no sites) of a job reading site YAMLs needs them.
+    must fit them; a deployed server (no sites) of a job reading site YAMLs needs them. A strategy
+    the task kind cannot support (`strategy.name`, see `check_strategy`) is refused here.
     """
     kind = resolve_kind(config, sites)
+    check_strategy(config.strategy.name, kind)
     channels = tuple(config.task.channels)
     declared_inputs, declared_classes = config.task.in_channels, config.task.num_classes
     if not sites:  # nothing to size from: the job's declared sizes, or the phantom's single-channel images

@@ -7,9 +7,10 @@ Instruction (encoding, job hash, seed) and a successful Reply back into a FitRes
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,9 +37,12 @@ class FitTask:
     """Ask one site to train `weights` with `config`."""
 
     site_id: str
-    weights: Weights  # may be part of the model: the site keeps its own values for the rest
+    weights: Weights  # the starting point for a site without state of its own; may be empty if all is kept local
     config: FitConfig
     control: Weights | None = None  # SCAFFOLD's server control variate c, travels as DataKind.CONTROL
+    # Entries the site keeps for itself (the strategy's `local_names`): a site with state uses its
+    # own values for them, and its reply carries only the other entries of `weights`.
+    keep_local: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -52,23 +56,12 @@ class FitResult:
     control: Weights | None = None  # SCAFFOLD: the site's delta c_i
 
 
-class Strategy(Protocol):
-    name: str
-    simulation_only: bool  # baselines that need pooled data or no federation at all
-
-    def initial_state(self, weights: Weights, sites: Sequence[str]) -> ServerState: ...
-
-    def configure(self, round: int, state: ServerState, sites: Sequence[str]) -> list[FitTask]: ...
-
-    def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState: ...
-
-
 class Fold(Protocol):
     """A round's aggregation taken one reply at a time: the server's streaming path.
 
-    A strategy that offers `begin(round, state) -> Fold` is aggregated as replies arrive, so
-    the server holds the running result and one update, not every site's model. Its `aggregate`
-    must be `fold_all(self.begin(round, state), results)`, so both paths give the same numbers.
+    A strategy whose `begin(round, state)` returns a Fold is aggregated as replies arrive, so the
+    server holds the running result and one update, not every site's model. Its `aggregate` is
+    `fold_all(self.begin(round, state), results)` (Strategy's default), so both paths agree.
     """
 
     def add(self, result: FitResult, owned: bool = False) -> None: ...
@@ -106,3 +99,114 @@ def fold_all(fold: Fold, results: Sequence[FitResult]) -> ServerState:
     for result in results:
         fold.add(result)
     return fold.finish()
+
+
+class Strategy(ABC):
+    """What to ask of which sites (`configure`) and how to combine the replies; the orchestrator calls
+    only what this class declares, and every optional part has its default here:
+
+    - `begin(round, state) -> Fold | None`: None (the default) collects the round's results for
+      `aggregate`; a Fold takes each reply as it arrives, so the server holds one update, not all.
+      The default `aggregate` folds a list through `begin`, so both paths give the same numbers.
+    - `evaluation`: "models" (every model in `state.models` on every test set) or "outputs" (each
+      site's member predicts and `combine_outputs` combines the predictions: an ensemble).
+    - `num_rounds(rounds, sites)`: orchestrator rounds; `train.rounds` unless a round is one visit.
+    - `records_order`: the summary records the visiting order (every round's asked sites).
+    - `local_names(weights)`: entries each site keeps for itself and is evaluated with (FedBN's
+      BatchNorm, an ensemble member); none by default.
+    - `simulation_only`: a baseline only the simulator can run (pooled data, no federation).
+    """
+
+    name: str = ""
+    simulation_only: bool = False
+    evaluation: Literal["models", "outputs"] = "models"
+    records_order: bool = False
+
+    def initial_state(self, weights: Weights, sites: Sequence[str]) -> ServerState:
+        """The state before round 0: the shared initialisation as the one global model."""
+        return ServerState(models={GLOBAL: weights})
+
+    @abstractmethod
+    def configure(self, round: int, state: ServerState, sites: Sequence[str]) -> list[FitTask]: ...
+
+    def begin(self, round: int, state: ServerState) -> Fold | None:
+        """The round's streaming aggregation, or None: the results come to `aggregate` as a list."""
+        return None
+
+    def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
+        fold = self.begin(round, state)
+        if fold is None:
+            raise NotImplementedError(f"strategy {self.name!r} declares neither begin() nor aggregate()")
+        return fold_all(fold, results)
+
+    def num_rounds(self, rounds: int, sites: Sequence[str]) -> int:
+        """Orchestrator rounds for `train.rounds` on these training sites."""
+        return rounds
+
+    def local_names(self, weights: Weights) -> frozenset[str]:
+        """The entries of `weights` each site keeps for itself: none, every entry is shared."""
+        return frozenset()
+
+    def combine_outputs(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        """The combined prediction of the members' outputs (only with evaluation "outputs")."""
+        raise NotImplementedError(f"strategy {self.name!r} evaluates models; it does not combine outputs")
+
+
+class StrategyWrapper(Strategy):
+    """A strategy around another: every part is the inner strategy's unless the wrapper overrides it.
+
+    The pattern for what composes around an averaging strategy without the orchestrator knowing
+    (differential privacy, secure aggregation, robust aggregation), as Flower's
+    `DifferentialPrivacyServerSideFixedClipping(strategy, ...)`: subclass and override what changes.
+
+    Example:
+        >>> class Median(StrategyWrapper):  # the coordinate-wise median instead of the mean
+        ...     def begin(self, round, state):
+        ...         return None  # needs every update at once: list aggregation
+        ...     def aggregate(self, round, state, results):
+        ...         return ServerState({GLOBAL: median([r.weights for r in results])}, state.extra)
+        >>> strategy = Median(FedAvg())  # doctest: +SKIP
+    """
+
+    def __init__(self, inner: Strategy):
+        self.inner = inner
+
+    @property  # type: ignore[override]
+    def name(self) -> str:
+        return self.inner.name
+
+    @property  # type: ignore[override]
+    def simulation_only(self) -> bool:
+        return self.inner.simulation_only
+
+    @property  # type: ignore[override]
+    def evaluation(self) -> Literal["models", "outputs"]:
+        return self.inner.evaluation
+
+    @property  # type: ignore[override]
+    def records_order(self) -> bool:
+        return self.inner.records_order
+
+    def initial_state(self, weights: Weights, sites: Sequence[str]) -> ServerState:
+        return self.inner.initial_state(weights, sites)
+
+    def configure(self, round: int, state: ServerState, sites: Sequence[str]) -> list[FitTask]:
+        return self.inner.configure(round, state, sites)
+
+    def begin(self, round: int, state: ServerState) -> Fold | None:
+        return self.inner.begin(round, state)
+
+    def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
+        # Through this wrapper's own `begin` when it streams, so a wrapper that changes only the fold
+        # changes both paths alike.
+        fold = self.begin(round, state)
+        return fold_all(fold, results) if fold is not None else self.inner.aggregate(round, state, results)
+
+    def num_rounds(self, rounds: int, sites: Sequence[str]) -> int:
+        return self.inner.num_rounds(rounds, sites)
+
+    def local_names(self, weights: Weights) -> frozenset[str]:
+        return self.inner.local_names(weights)
+
+    def combine_outputs(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.inner.combine_outputs(outputs)

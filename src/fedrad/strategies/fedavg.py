@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
-from fedrad.types import FitConfig, Weights
+from fedrad.strategies.base import GLOBAL, FitTask, MeanFold, ServerState, Strategy
+from fedrad.strategies.registry import BuildContext, StrategySection, StrategySpec, register
+from fedrad.types import DataKind, FitConfig
 
 
 @dataclass(frozen=True)
@@ -34,15 +37,30 @@ class FedAvgConfig:
             raise ValueError(f"min_sites must be at least 1, got {self.min_sites}")
 
 
-class FedAvg:
+class Sampling(StrategySection):
+    """The keys of every strategy that asks FedAvg's seeded share of sites each round."""
+
+    fraction: float = Field(1.0, gt=0, le=1)  # share of sites asked per round
+    min_sites: int = Field(1, ge=1)  # never ask fewer than this many sites
+
+    def fedavg(self, ctx: BuildContext) -> FedAvgConfig:
+        return FedAvgConfig(fraction=self.fraction, min_sites=self.min_sites, seed=ctx.seed, fit=ctx.fit)
+
+    def default_quorum(self) -> int:
+        return self.min_sites
+
+
+class FedAvgSection(Sampling):
+    """`strategy: {name: fedavg, fraction: 1.0, min_sites: 1}`"""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvg(Strategy):
     name = "fedavg"
-    simulation_only = False
 
     def __init__(self, config: FedAvgConfig | None = None):
         self.config = config or FedAvgConfig()
-
-    def initial_state(self, weights: Weights, sites: Sequence[str]) -> ServerState:
-        return ServerState(models={GLOBAL: weights})
 
     def sample(self, round: int, sites: Sequence[str]) -> list[str]:
         """The sites asked in `round`: ceil(fraction * K), at least min_sites, seeded by (seed, round)."""
@@ -59,5 +77,7 @@ class FedAvg:
         """The round's running weighted mean; every asked site failing keeps the model."""
         return MeanFold(state)
 
-    def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
-        return fold_all(self.begin(round, state), results)
+
+register(StrategySpec(
+    "fedavg", FedAvgSection, lambda section, ctx: FedAvg(section.fedavg(ctx)), exchanges=(DataKind.WEIGHTS,)
+))

@@ -1,9 +1,11 @@
 """FedBN (Li et al. 2021): FedAvg on everything except BatchNorm, which stays at each site.
 
-BatchNorm weights, biases and running statistics never leave a site: after the shared
-initialisation (round 0 sends the whole model), the server sends and averages only the other
-entries, and each site fills in its own BatchNorm from its last fit, for training and for
-evaluation alike (each site is evaluated with its own BatchNorm).
+BatchNorm weights, biases and running statistics never leave a site. The server's model is the
+average of the other entries plus the *initial* BatchNorm (never any site's), and every FIT and
+EVALUATE instruction carries that whole model with the BatchNorm names as `keep_local`: a site
+that has trained uses its own BatchNorm instead (and sends none back), while a site that has not
+(never sampled, newly added, restarted without its state) starts from, and is evaluated with, the
+initial BatchNorm, as in the paper. The ledger books those BatchNorm bytes as weights sent.
 
 Example:
     >>> strategy = FedBN(FedAvgConfig(seed=0))
@@ -12,11 +14,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from fedrad.strategies.aggregate import batchnorm_names
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
-from fedrad.strategies.fedavg import FedAvg, FedAvgConfig
-from fedrad.types import Weights
+from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, Strategy, fold_all
+from fedrad.strategies.fedavg import FedAvg, FedAvgConfig, Sampling
+from fedrad.strategies.registry import BuildContext, StrategySpec, register
+from fedrad.types import DataKind, Weights
 
 
 def shared_part(weights: Weights) -> Weights:
@@ -25,7 +29,13 @@ def shared_part(weights: Weights) -> Weights:
     return {n: a for n, a in weights.items() if n not in local}
 
 
-class FedBN:
+class FedBNSection(Sampling):
+    """FedAvg's sampling keys (fraction, min_sites); BatchNorm stays at each site."""
+
+    name: Literal["fedbn"] = "fedbn"
+
+
+class FedBN(Strategy):
     name = "fedbn"
     simulation_only = False
 
@@ -34,14 +44,38 @@ class FedBN:
         self._sampler = FedAvg(self.config)
 
     def initial_state(self, weights: Weights, sites: Sequence[str]) -> ServerState:
-        return ServerState(models={GLOBAL: weights})  # the full initialisation, sent once in round 0
+        return ServerState(models={GLOBAL: weights})  # its BatchNorm stays the initial one, every round
+
+    def local_names(self, weights: Weights) -> frozenset[str]:
+        """The entries each site keeps for itself: BatchNorm."""
+        return frozenset(batchnorm_names(weights))
 
     def configure(self, round: int, state: ServerState, sites: Sequence[str]) -> list[FitTask]:
         weights = state.models[GLOBAL]
-        return [FitTask(site, weights, self.config.fit) for site in self._sampler.sample(round, sites)]
+        keep = self.local_names(weights)
+        return [FitTask(site, weights, self.config.fit, keep_local=keep) for site in self._sampler.sample(round, sites)]
 
     def begin(self, round: int, state: ServerState) -> MeanFold:
-        return MeanFold(state, select=shared_part, pool_batchnorm=False)
+        start = state.models[GLOBAL]
+
+        def with_initial_batchnorm(mean: Weights) -> ServerState:  # copies: the old model's buffer can go
+            model = {n: mean[n] if n in mean else a.copy() for n, a in start.items()}
+            return ServerState(models={GLOBAL: model}, extra=state.extra)
+
+        return MeanFold(state, then=with_initial_batchnorm, select=shared_part, pool_batchnorm=False)
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         return fold_all(self.begin(round, state), results)
+
+
+def _supports(task_kind: str) -> str | None:
+    if task_kind == "tabular":
+        return "fedbn keeps BatchNorm local; the tabular MLP has none"
+    return None
+
+
+def build(section: FedBNSection, ctx: BuildContext) -> FedBN:
+    return FedBN(section.fedavg(ctx))
+
+
+register(StrategySpec("fedbn", FedBNSection, build, exchanges=(DataKind.WEIGHTS,), supports=_supports))

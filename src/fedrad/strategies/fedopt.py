@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fedrad.strategies.aggregate import (
     adam_step,
@@ -22,9 +23,10 @@ from fedrad.strategies.aggregate import (
     pseudo_gradient,
     trainable_names,
 )
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, MeanFold, ServerState, fold_all
-from fedrad.strategies.fedavg import FedAvg, FedAvgConfig
-from fedrad.types import Weights
+from fedrad.strategies.base import GLOBAL, FitTask, MeanFold, ServerState, Strategy
+from fedrad.strategies.fedavg import FedAvg, FedAvgConfig, Sampling
+from fedrad.strategies.registry import BuildContext, StrategySpec, register
+from fedrad.types import DataKind, Weights
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,25 @@ class FedOptConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
 
 
-class FedOpt:
-    simulation_only = False
+class ServerOptSection(Sampling):
+    """FedAvg's sampling keys and the server optimiser's step."""
 
+    server_lr: float = Field(0.01, gt=0)  # eta (FedAvgM with 1.0 and momentum 0 is FedAvg)
+    server_momentum: float = Field(0.9, ge=0, lt=1)  # FedAvgM's beta, FedAdam's beta1
+
+    def fedopt(self, optimizer: Literal["momentum", "adam"], ctx: BuildContext) -> FedOptConfig:
+        return FedOptConfig(optimizer, self.server_lr, beta1=self.server_momentum, fedavg=self.fedavg(ctx))
+
+
+class FedAvgMSection(ServerOptSection):
+    name: Literal["fedavgm"] = "fedavgm"
+
+
+class FedAdamSection(ServerOptSection):
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedOpt(Strategy):
     def __init__(self, config: FedOptConfig | None = None):
         self.config = config or FedOptConfig()
         self.name = "fedadam" if self.config.optimizer == "adam" else "fedavgm"
@@ -69,9 +87,6 @@ class FedOpt:
     def begin(self, round: int, state: ServerState) -> MeanFold:
         return MeanFold(state, lambda averaged: self._step(state, averaged))
 
-    def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
-        return fold_all(self.begin(round, state), results)
-
     def _step(self, state: ServerState, averaged: Weights) -> ServerState:
         """The server optimiser's step along the pseudo-gradient x - mean(y_i)."""
         c, current = self.config, state.models[GLOBAL]
@@ -86,3 +101,11 @@ class FedOpt:
             stepped, m = momentum_step(current, delta, m, c.server_lr, c.beta1)
             extra = {f"m/{n}": m[n] for n in names}
         return ServerState(models={GLOBAL: {**averaged, **stepped}}, extra=extra)
+
+
+register(StrategySpec(
+    "fedavgm", FedAvgMSection, lambda s, ctx: FedOpt(s.fedopt("momentum", ctx)), exchanges=(DataKind.WEIGHTS,)
+))
+register(StrategySpec(
+    "fedadam", FedAdamSection, lambda s, ctx: FedOpt(s.fedopt("adam", ctx)), exchanges=(DataKind.WEIGHTS,)
+))

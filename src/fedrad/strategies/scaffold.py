@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -21,9 +22,10 @@ from fedrad.strategies.aggregate import (
     trainable_names,
     weighted_mean,
 )
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState
-from fedrad.strategies.fedavg import FedAvg, FedAvgConfig
-from fedrad.types import Weights
+from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState, Strategy
+from fedrad.strategies.fedavg import FedAvg, FedAvgConfig, Sampling
+from fedrad.strategies.registry import BuildContext, StrategySpec, register
+from fedrad.types import DataKind, Weights
 
 NUM_SITES = "num_sites"  # N in the control update, kept in extra so a checkpoint is self-contained
 
@@ -32,7 +34,13 @@ def control_of(state: ServerState) -> Weights:
     return {k[2:]: v for k, v in state.extra.items() if k.startswith("c/")}
 
 
-class Scaffold:
+class ScaffoldSection(Sampling):
+    """FedAvg's sampling keys (fraction, min_sites); the control variates need no settings."""
+
+    name: Literal["scaffold"] = "scaffold"
+
+
+class Scaffold(Strategy):
     name = "scaffold"
     simulation_only = False
 
@@ -57,3 +65,10 @@ class Scaffold:
         control = scaffold_control_update(control_of(state), deltas, int(state.extra[NUM_SITES]))
         extra = {f"c/{n}": c for n, c in control.items()} | {NUM_SITES: state.extra[NUM_SITES]}
         return ServerState(models={GLOBAL: model}, extra=extra)
+
+
+def build(section: ScaffoldSection, ctx: BuildContext) -> Scaffold:
+    return Scaffold(section.fedavg(ctx))
+
+
+register(StrategySpec("scaffold", ScaffoldSection, build, exchanges=(DataKind.WEIGHTS, DataKind.CONTROL)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedrad.tasks.base import Task, TaskKind
 from fedrad.tasks.classification import ClassificationTask
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "Task", "TaskKind"]

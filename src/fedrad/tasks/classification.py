@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrad.tasks.metrics import classification_metrics, classification_stats
+from fedrad.tasks.base import TaskKind
+from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
 
 
 class SmallCNN(nn.Module):
@@ -43,6 +45,8 @@ class SmallCNN(nn.Module):
 class ClassificationTask:
     """Lesion present / absent (or any C-class label) from images of shape (C, H, W)."""
 
+    kind: ClassVar[TaskKind] = "classification"
+    primary_metric: ClassVar[str] = "balanced_accuracy"
     in_channels: int = 1
     num_classes: int = 2
     channels: tuple[int, ...] = (16, 32, 64)
@@ -70,6 +74,10 @@ class ClassificationTask:
     def stats(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """Summable statistics of given probabilities (an ensemble's combined outputs, say)."""
         return classification_stats(probs, targets, self.num_classes)
+
+    def empty_stats(self) -> dict[str, np.ndarray]:
+        """What a site's evaluation statistics look like (checked on every reply, then summed)."""
+        return empty_classification_stats(self.num_classes)
 
     def metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         return classification_metrics(stats)

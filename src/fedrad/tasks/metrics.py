@@ -18,11 +18,17 @@ def classification_stats(probs: np.ndarray, labels: np.ndarray, num_classes: int
     predicted = probs.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    bins = np.clip((probs * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+    scaled = np.nan_to_num(probs * AUC_BINS, nan=0.0, posinf=AUC_BINS - 1, neginf=0.0)  # a diverged model's NaN
+    bins = np.clip(scaled.astype(np.int64), 0, AUC_BINS - 1)
     hist = np.zeros((num_classes, num_classes, AUC_BINS), dtype=np.int64)
     for c in range(num_classes):  # hist[true, scored class, bin]
         np.add.at(hist[:, c], (labels, bins[:, c]), 1)
     return {"confusion": confusion, "hist": hist}
+
+
+def empty_classification_stats(num_classes: int) -> dict[str, np.ndarray]:
+    """The statistics of no examples: the keys, shapes and dtypes every site's evaluation reply must have."""
+    return classification_stats(np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64), num_classes)
 
 
 def sum_stats(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -39,7 +45,11 @@ def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def classification_metrics(stats: dict[str, np.ndarray]) -> dict[str, float]:
-    """accuracy, balanced accuracy (mean recall over present classes) and ROC AUC (macro one-vs-rest)."""
+    """accuracy, balanced accuracy (mean recall over present classes) and ROC AUC (macro one-vs-rest).
+
+    Also how many classes the model predicted at least once and how many the labels hold: a model
+    whose every prediction is one class on a test set of several has collapsed (run health).
+    """
     confusion, hist = stats["confusion"], stats["hist"]
     total = confusion.sum()
     support = confusion.sum(axis=1)
@@ -54,4 +64,6 @@ def classification_metrics(stats: dict[str, np.ndarray]) -> dict[str, float]:
         "balanced_accuracy": float(recall.mean()) if present.any() else float("nan"),
         "auc": float(np.mean(aucs)) if aucs else float("nan"),
         "num_test": int(total),
+        "predicted_classes": int((confusion.sum(axis=0) > 0).sum()),
+        "true_classes": int(present.sum()),
     }

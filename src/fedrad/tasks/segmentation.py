@@ -16,18 +16,21 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedrad.tasks.base import TaskKind
 
 DICE_EPS = 1e-8
 
 
 def dice_stats(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     """Summable statistics of binary masks (N, 1, H, W): overlap, foreground sizes, per-image Dice."""
-    p = pred.reshape(len(pred), -1) > 0.5
-    t = true.reshape(len(true), -1) > 0.5
+    p = pred.reshape(len(pred), int(np.prod(pred.shape[1:]))) > 0.5  # not -1: zero images reshape too
+    t = true.reshape(len(true), int(np.prod(true.shape[1:]))) > 0.5
     inter, p_sum, t_sum = (p & t).sum(1), p.sum(1), t.sum(1)
     denominator = p_sum + t_sum
     # An image with no lesion and no predicted lesion is a perfect 1, as in MONAI's ignore_empty=False.
@@ -41,8 +44,17 @@ def dice_stats(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def empty_dice_stats() -> dict[str, np.ndarray]:
+    """The statistics of no images: the keys, shapes and dtypes every site's evaluation reply must have."""
+    return dice_stats(np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
+
+
 def dice_metrics(stats: dict[str, np.ndarray]) -> dict[str, float]:
-    """dice (over every pixel of the pooled set), mean_dice (mean over images) and num_test."""
+    """dice (over every pixel of the pooled set), mean_dice (mean over images) and num_test.
+
+    Also the predicted and true lesion pixels: a model that predicts no lesion anywhere on a test
+    set with lesions has collapsed to background (run health).
+    """
     inter = float(stats["intersection"].sum())
     denominator = float(stats["pred_sum"].sum() + stats["true_sum"].sum())
     n = int(stats["num_images"].sum())
@@ -50,6 +62,8 @@ def dice_metrics(stats: dict[str, np.ndarray]) -> dict[str, float]:
         "dice": 2.0 * inter / denominator if denominator > 0 else 1.0,
         "mean_dice": float(stats["image_dice_sum"].sum()) / n if n else float("nan"),
         "num_test": n,
+        "predicted_foreground": int(stats["pred_sum"].sum()),
+        "true_foreground": int(stats["true_sum"].sum()),
     }
 
 
@@ -92,10 +106,11 @@ class SegmentationTask:
         torch.Size([2, 1, 32, 32])
     """
 
+    kind: ClassVar[TaskKind] = "segmentation"
+    primary_metric: ClassVar[str] = "dice"
     in_channels: int = 1
     channels: tuple[int, ...] = (8, 16, 32)  # small on purpose: trains in minutes on a CPU
     num_res_units: int = 1
-    primary_metric: str = "dice"
 
     def build_model(self) -> nn.Module:
         if len(self.channels) < 2:
@@ -131,6 +146,10 @@ class SegmentationTask:
     def stats(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """Dice statistics of given probabilities (or vote shares), thresholded at 0.5: an ensemble's."""
         return dice_stats(probs, targets)
+
+    def empty_stats(self) -> dict[str, np.ndarray]:
+        """What a site's evaluation statistics look like (checked on every reply, then summed)."""
+        return empty_dice_stats()
 
     def metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         return dice_metrics(stats)

@@ -12,12 +12,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrad.tasks.metrics import classification_metrics, classification_stats
+from fedrad.tasks.base import TaskKind
+from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
 
 
 class MLP(nn.Module):
@@ -41,10 +43,11 @@ class MLP(nn.Module):
 class TabularTask:
     """C-class labels from (F,) feature vectors."""
 
+    kind: ClassVar[TaskKind] = "tabular"
+    primary_metric: ClassVar[str] = "balanced_accuracy"
     num_features: int
     num_classes: int = 2
     hidden: tuple[int, ...] = (32, 16)
-    primary_metric: str = "balanced_accuracy"
 
     def build_model(self) -> nn.Module:
         return MLP(self.num_features, self.num_classes, tuple(self.hidden))
@@ -53,10 +56,22 @@ class TabularTask:
         return nn.functional.cross_entropy(model(inputs), targets)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, num_classes), float32, in one pass (tabular sites are small)."""
         model.eval()
-        probs = torch.softmax(model(torch.from_numpy(inputs)), dim=1).numpy()
+        return torch.softmax(model(torch.from_numpy(inputs)), dim=1).numpy().astype(np.float32)
+
+    def evaluate(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Summable statistics of the model on one split (the classifier's)."""
+        return self.stats(self.predict(model, inputs), targets)
+
+    def stats(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Summable statistics of given probabilities (an ensemble's combined outputs, say)."""
         return classification_stats(probs, targets, self.num_classes)
+
+    def empty_stats(self) -> dict[str, np.ndarray]:
+        """What a site's evaluation statistics look like (checked on every reply, then summed)."""
+        return empty_classification_stats(self.num_classes)
 
     def metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         return classification_metrics(stats)
