@@ -39,6 +39,21 @@ class FailureKind(StrEnum):
     BUDGET = "budget"  # the site declined: its next round would exceed its privacy budget
 
 
+class FailureError(Exception):
+    """An exception that knows its FailureKind: a transport turns it into a failed Reply of that kind.
+
+    Any other exception a site raises is an ERROR. Subclasses (fedrad.site.training.SiteError, a
+    privacy-budget refusal) set `kind`, so no layer above ever reads the message to classify it.
+    """
+
+    kind: FailureKind = FailureKind.ERROR
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """The kind of failure an exception raised by a site stands for (ERROR unless it says otherwise)."""
+    return exc.kind if isinstance(exc, FailureError) else FailureKind.ERROR
+
+
 class InstructionKind(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
@@ -76,6 +91,9 @@ class Instruction:
     fit: FitConfig = field(default_factory=FitConfig)
     job_hash: str = ""
     seed: int = 0  # seeds the site's shuffling, so a round is reproducible
+    # Entries the site keeps for itself (FedBN's BatchNorm, an ensemble member): a site with state
+    # of its own uses its values and does not send them back; one without starts from the sent ones.
+    keep_local: frozenset[str] = frozenset()
 
     def nbytes(self) -> dict[DataKind, int]:
         return {kind: len(blob) for kind, blob in self.payload.items()}

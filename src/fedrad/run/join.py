@@ -1,7 +1,9 @@
 """`fedrad client`: a hospital's Site, built from its own copy of the job YAML and its own data YAML.
 
 The client computes the job hash its admin approved from its own job file (and refuses any
-other) and reads its own data; the network side is `fedrad.transport.grpc_client`.
+other) and reads its own data; its own state (an ensemble member, FedBN's BatchNorm, SCAFFOLD's
+c_i) lives in a state file beside the data YAML (fedrad.site.state), saved after every fit and
+reloaded on restart. The network side is `fedrad.transport.grpc_client`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from fedrad.run.federation import job_harmonizer
 from fedrad.run.serve import DeployError
 from fedrad.run.simulate import build_sites, build_task
 from fedrad.site.handler import Site
+from fedrad.site.state import SiteStateFile, default_state_path
 from fedrad.yamlfile import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
 
-def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
+def client_site(config: JobConfig, kit: SiteKit, data_path: Path, state_path: Path | None = None) -> Site:
     """The hospital's Site: its data (phantom from the job, or its own readers) under the kit's name.
+
+    Its state file is `state_path`, by default `<data YAML folder>/.fedrad-state/<site>-<job hash
+    prefix>.safetensors` (fedrad.site.state.default_state_path); a state file there is read now.
 
     Data YAML: `data: {source: phantom, site_id: HOSPITAL}` picks one phantom hospital of the job,
     generated here with the job's seed; anything else is a site file for fedrad.data.readers.
@@ -44,4 +50,6 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path) -> Site:
         if skipped:
             log.warning("%s: %d items skipped while reading", data_path, len(skipped))
     data = dataclasses.replace(data, site_id=kit.site_id)
-    return Site(data, build_task(config, [data]), config.job_hash())
+    job_hash = config.job_hash()
+    path = state_path or default_state_path(data_path, kit.site_id, job_hash)
+    return Site(data, build_task(config, [data]), job_hash, SiteStateFile(path, job_hash, kit.site_id))

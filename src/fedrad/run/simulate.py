@@ -14,17 +14,18 @@ from pathlib import Path
 
 import torch
 
-from fedrad.config import JobConfig
+from fedrad.config import JobConfig, for_strategy
 from fedrad.data.base import SiteData, concat_splits
 from fedrad.run.federation import build_task_for, load_federation
-from fedrad.run.methods import FEDERATED, build_federated, method_extras, num_rounds
-from fedrad.server.evaluation import summarize
+from fedrad.run.methods import method_extras
+from fedrad.run.summary import run_summary, with_health
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
-from fedrad.server.results import RunDirectory
+from fedrad.server.results import RunDirectory, round_line
 from fedrad.site.handler import Site, model_weights
-from fedrad.strategies import CentralizedDataSharing, FedAvg, FedAvgConfig, LocalOnly
-from fedrad.strategies.base import GLOBAL
+from fedrad.site.state import SiteStateFile
+from fedrad.strategies import registry
+from fedrad.strategies.base import ServerState, Strategy
 from fedrad.strategies.baselines import POOLED
 from fedrad.transport import InProcessTransport
 from fedrad.types import DataKind
@@ -40,18 +41,16 @@ def build_task(config: JobConfig, sites: Sequence[SiteData] = ()):
     return build_task_for(config, sites)
 
 
-def build_strategy(config: JobConfig, method: str):
-    fit = config.train.fit()
-    if method == "fedavg":
-        s = config.strategy
-        return FedAvg(FedAvgConfig(fraction=s.fraction, min_sites=s.min_sites, seed=config.seed, fit=fit))
-    if method == "cds":
-        return CentralizedDataSharing(fit)
-    if method == "local":
-        return LocalOnly(fit)
-    if method in FEDERATED:
-        return build_federated(config, method)
-    raise ValueError(f"unknown method {method!r}; choose from fedavg, cds, local, {', '.join(FEDERATED)}")
+def build_context(config: JobConfig) -> registry.BuildContext:
+    """What every strategy is built from besides its section: the job's seed and training budget."""
+    return registry.BuildContext(seed=config.seed, fit=config.train.fit(), rounds=config.train.rounds)
+
+
+def build_strategy(config: JobConfig, method: str | None = None) -> Strategy:
+    """The registered strategy `method` (default: the job's `strategy.name`) with its section of this job
+    (`for_strategy`); an unknown name lists the registered ones (ValueError)."""
+    config = for_strategy(config, method or config.strategy.name)
+    return registry.get(config.strategy.name).build(config.strategy, build_context(config))
 
 
 def initial_weights(task, seed: int):
@@ -69,12 +68,18 @@ class MethodRun:
     out: Path
     sites: list[SiteData]
     on_round: Callable[[RoundRecord], None] | None = None
+    state_dir: Path | None = None  # each site's state in state_dir/SITE.safetensors, as deployed; None: in memory
+
+    def __post_init__(self) -> None:
+        # The job as this method runs it: its own strategy section, so config.yaml and the job hash say
+        # which strategy ran with which settings (compare runs several methods on one job).
+        self.config = for_strategy(self.config, self.method)
 
     def run(self) -> dict:
         started = time.perf_counter()
         task, strategy = build_task(self.config, self.sites), build_strategy(self.config, self.method)
         job_hash = self.config.job_hash()
-        site_objects = {d.site_id: Site(d, task, job_hash) for d in self.sites}
+        site_objects = {d.site_id: Site(d, task, job_hash, self._state_file(d.site_id, job_hash)) for d in self.sites}
         ledger = Ledger(count_messages=not strategy.simulation_only)
         train_sites = list(site_objects)
         if self.method == "cds":
@@ -90,15 +95,18 @@ class MethodRun:
                 ledger.record(0, "train", d.site_id, "sent", {DataKind.RAW_DATA: d.train.nbytes + d.val.nbytes})
         directory = RunDirectory(self.out, self.method, self.config.to_yaml())
 
-        def on_round(record: RoundRecord, state) -> None:
+        final: list[ServerState] = []  # the model after the last completed round (its health is checked)
+
+        def on_round(record: RoundRecord, state: ServerState) -> None:
             directory.on_round(record, state)
+            final[:] = [state]
             if self.on_round is not None:
                 self.on_round(record)
 
         ctx = RunContext(InProcessTransport(site_objects), ledger, task, job_hash, self.config.seed)
         orchestrator = Orchestrator(
             strategy, ctx, train_sites, [d.site_id for d in self.sites],
-            num_rounds(strategy, self.config, train_sites), self.config.evaluation.every, on_round,
+            strategy.num_rounds(self.config.train.rounds, train_sites), self.config.evaluation.every, on_round,
         )
         state = strategy.initial_state(initial_weights(task, self.config.seed), train_sites)
         interrupted = False
@@ -107,39 +115,21 @@ class MethodRun:
         except KeyboardInterrupt:
             interrupted = True
         summary = self.summary(directory, ledger, time.perf_counter() - started, interrupted)
-        summary["metric"] = getattr(task, "primary_metric", "balanced_accuracy")  # what the report ranks by
+        summary["metric"] = task.primary_metric  # what the report ranks by
         summary.update(method_extras(strategy, directory.records, train_sites))  # order, local epochs
+        lines = [round_line(record) for record in directory.records]
+        summary = with_health(summary, lines, final[-1] if final else state)  # status, status_reasons
         directory.write_summary(summary)
         if interrupted:
             raise KeyboardInterrupt
         return summary
 
+    def _state_file(self, site_id: str, job_hash: str) -> SiteStateFile | None:
+        if self.state_dir is None:
+            return None
+        return SiteStateFile(self.state_dir / f"{site_id}.safetensors", job_hash, site_id)
+
     def summary(self, directory: RunDirectory, ledger: Ledger, wall_s: float, interrupted: bool) -> dict:
         num_train = {d.site_id: d.num_train for d in self.sites}
         return run_summary(self.method, directory.records, ledger, wall_s, interrupted, num_train)
 
-
-def run_summary(
-    method: str, records: list[RoundRecord], ledger: Ledger, wall_s: float, interrupted: bool,
-    num_train: dict[str, int] | None = None,  # None: not known (the deployed server never sees the data)
-) -> dict:
-    """summary.json: the same contract from the simulator and from `fedrad server`."""
-    evaluated = [r for r in records if r.evaluations]
-    last = evaluated[-1].evaluations if evaluated else {}
-    pooled, sites = summarize(last) if last else ({}, {})
-    extra = {}
-    if last and GLOBAL not in last:  # one model per site: the cross-site matrix (model x test set)
-        extra["cross_site"] = {name: {"pooled": e.pooled, "sites": e.sites} for name, e in last.items()}
-    counts = num_train or {}
-    return {
-        "method": method,
-        "simulation_only": method in ("cds", "local"),
-        "rounds": len(records),
-        "wall_s": round(wall_s, 3),
-        "interrupted": interrupted,
-        "pooled": pooled,
-        "sites": {s: {**m, **({"num_train": counts[s]} if s in counts else {})} for s, m in sites.items()},
-        "failures": sum(len(r.failures) for r in records),
-        "ledger": ledger.summary(),
-        **extra,
-    }

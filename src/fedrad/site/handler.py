@@ -6,6 +6,7 @@ and go out as safetensors bytes, evaluation goes out as aggregate statistics.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,8 +15,19 @@ from torch import nn
 
 from fedrad.codec import decode, encode
 from fedrad.data.base import SiteData, Split
+from fedrad.site.state import FitState, SiteState, SiteStateFile
 from fedrad.site.training import ScaffoldState, SiteError, train_epochs
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, Weights
+
+log = logging.getLogger(__name__)
+
+
+class MissingState(SiteError):
+    """The site was asked to use its own state (an ensemble member, its BatchNorm) and has none.
+
+    It never trained here, or its state file is gone. Like every SiteError it is a REFUSED
+    failure; the strategy then sends this site its starting point again.
+    """
 
 
 def model_weights(model: nn.Module) -> Weights:
@@ -34,14 +46,24 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray], site_id: s
 class Site:
     """One hospital's trainer. `task` supplies the model, the loss and the evaluation statistics."""
 
-    def __init__(self, data: SiteData, task, job_hash: str = ""):
+    def __init__(self, data: SiteData, task, job_hash: str = "", state_file: SiteStateFile | None = None):
         self.data = data
         self.site_id = data.site_id
         self.task = task
         self.job_hash = job_hash
         self.model = task.build_model()
-        self.local: Weights | None = None  # the model after this site's last fit (kept across rounds)
-        self.control: Weights | None = None  # SCAFFOLD's c_i, kept across rounds
+        self.state_file = state_file  # None: the state lives in memory only (the simulator)
+        self.state: SiteState = (state_file.load() if state_file is not None else None) or SiteState()
+
+    @property
+    def local(self) -> Weights | None:
+        """The model after this site's last fit (FedBN's BatchNorm, an ensemble member), or None."""
+        return self.state.last.local
+
+    @property
+    def control(self) -> Weights | None:
+        """SCAFFOLD's c_i after this site's last fit, or None."""
+        return self.state.last.control
 
     def handle(self, instruction: Instruction) -> Reply:
         if instruction.job_hash != self.job_hash:
@@ -55,41 +77,56 @@ class Site:
             return self._score_outputs(instruction)
         if instruction.kind == InstructionKind.FIT:
             return self._fit(instruction)
-        self._load(instruction)
+        self._load(instruction, self.state.last.local)
         return self._evaluate(instruction)
 
-    def _load(self, instruction: Instruction) -> Weights:
-        """Load the instruction's weights into the model; return what was sent."""
+    def _load(self, instruction: Instruction, own: Weights | None) -> Weights:
+        """Load the instruction's weights, with this site's `own` for the entries it keeps; return what was sent."""
         blob = instruction.payload.get(DataKind.WEIGHTS)
         if blob is None:
             raise SiteError(f"site {self.site_id}: instruction carries no weights")
         sent = decode(blob)
-        load_weights(self.model, self._complete(sent), self.site_id)
+        load_weights(self.model, self._complete(sent, instruction.keep_local, own), self.site_id)
         return sent
 
-    def _complete(self, sent: Weights) -> Weights:
-        """The sent entries plus this site's own for the rest (FedBN's BatchNorm, an ensemble member).
+    def _complete(self, sent: Weights, keep_local: frozenset[str], own: Weights | None) -> Weights:
+        """The model to use: the sent entries, with this site's own values for those in `keep_local`.
 
-        A strategy that keeps part of the model local sends only the shared part; the site fills
-        the rest from the model of its last fit. Before any fit, the full model must be sent.
+        A site with state of its own (`own`, the model after its last fit) uses its values for the
+        entries it keeps (FedBN's BatchNorm, an ensemble member); a site with none (never trained
+        here, or restarted without its state) starts from the sent values, so the server sends a
+        whole model as the starting point, and an entry neither sent nor owned is MissingState.
         """
-        if set(sent) == set(self.model.state_dict()) or self.local is None:
+        if own is None:
+            missing = sorted(n for n in keep_local - set(sent) if n in self.model.state_dict())
+            if missing:
+                raise MissingState(
+                    f"site {self.site_id}: no state of its own for the {len(missing)} entries it keeps "
+                    f"(e.g. {missing[0]!r}): it never trained here, or its state is gone; it needs the starting point"
+                )
             return sent
-        return {**self.local, **sent}
+        return {**sent, **{name: own[name] for name in keep_local if name in own}}
 
     def _fit(self, instruction: Instruction) -> Reply:
-        sent = self._load(instruction)
+        if instruction.round < self.state.last.round:
+            log.warning("site %s: asked to fit round %d after its fit of round %d: a new run of this job, "
+                        "starting afresh", self.site_id, instruction.round, self.state.last.round)
+        start = self.state.start(instruction.round)  # for a repeated round, what its first try started from
+        sent = self._load(instruction, start.local)
         control = instruction.payload.get(DataKind.CONTROL)
-        scaffold = ScaffoldState(decode(control), self.control) if control is not None else None
+        scaffold = ScaffoldState(decode(control), start.control) if control is not None else None
         loss = train_epochs(
             self.task, self.model, self.data.train, instruction.fit, instruction.seed, instruction.round,
             val=self.data.val, scaffold=scaffold,
         )
-        self.local = {k: v.copy() for k, v in model_weights(self.model).items()}
-        # Only what was sent goes back: the entries a strategy keeps local never leave the site.
-        payload = {DataKind.WEIGHTS: encode({name: self.local[name] for name in sent})}
-        if scaffold is not None:
-            self.control, delta = scaffold.updated()
+        local = {k: v.copy() for k, v in model_weights(self.model).items()}
+        c_i, delta = scaffold.updated() if scaffold is not None else (start.control, None)
+        self.state = self.state.after(instruction.round, FitState(instruction.round, local, c_i))
+        if self.state_file is not None:  # on disk before the reply leaves: a restart continues from here
+            self.state_file.save(self.state)
+        # The entries the site keeps never leave it; the rest of what was sent goes back.
+        payload = {DataKind.WEIGHTS: encode({n: local[n] for n in sent if n not in instruction.keep_local})}
+        if delta is not None:
             payload[DataKind.CONTROL] = encode(delta)
         return Reply(
             round=instruction.round,
@@ -113,7 +150,8 @@ class Site:
         (RAW_DATA) and its own member's probabilities on them (OUTPUTS).
         """
         if self.local is None:
-            raise SiteError(f"site {self.site_id}: no local model to predict with (it never trained)")
+            raise MissingState(f"site {self.site_id}: no model of its own to predict with (it never trained here, "
+                               "or its state is gone)")
         load_weights(self.model, self.local, self.site_id)
         query = instruction.payload.get(DataKind.RAW_DATA)
         inputs = decode(query)["inputs"] if query is not None else self.data.test.inputs

@@ -13,11 +13,19 @@ import torch
 from torch import nn
 
 from fedrad.data.base import Split
-from fedrad.types import FitConfig, Weights
+from fedrad.types import FailureError, FailureKind, FitConfig, Weights
 
 
-class SiteError(ValueError):
-    """An instruction this site refuses (wrong job, missing weights, names that do not match)."""
+class SiteError(FailureError, ValueError):
+    """An instruction this site refuses (wrong job, missing weights, names that do not match).
+
+    Its `kind` travels with the failed reply: REFUSED by default, ERROR for work the site accepted
+    but could not do (too few examples for one batch).
+    """
+
+    def __init__(self, message: str, kind: FailureKind = FailureKind.REFUSED):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -123,7 +131,7 @@ def train_epochs(
                 if since_best >= fit.patience:
                     break
     if batches == 0:
-        raise SiteError(f"site has too few training examples ({len(inputs)}) for one batch")
+        raise SiteError(f"site has too few training examples ({len(inputs)}) for one batch", FailureKind.ERROR)
     if best_state is not None:
         model.load_state_dict(best_state)
     if scaffold is not None:

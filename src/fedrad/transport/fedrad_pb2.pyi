@@ -47,7 +47,7 @@ class PayloadHeader(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., size: _Optional[int] = ..., num_chunks: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class InstructionHeader(_message.Message):
-    __slots__ = ("task_id", "round", "site_id", "kind", "fit", "job_hash", "seed", "payloads")
+    __slots__ = ("task_id", "round", "site_id", "kind", "fit", "job_hash", "seed", "payloads", "keep_local")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class InstructionHeader(_message.Message):
     JOB_HASH_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_LOCAL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     site_id: str
@@ -64,7 +65,8 @@ class InstructionHeader(_message.Message):
     job_hash: str
     seed: int
     payloads: _containers.RepeatedCompositeFieldContainer[PayloadHeader]
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., site_id: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[_Union[FitConfig, _Mapping]] = ..., job_hash: _Optional[str] = ..., seed: _Optional[int] = ..., payloads: _Optional[_Iterable[_Union[PayloadHeader, _Mapping]]] = ...) -> None: ...
+    keep_local: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., site_id: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[_Union[FitConfig, _Mapping]] = ..., job_hash: _Optional[str] = ..., seed: _Optional[int] = ..., payloads: _Optional[_Iterable[_Union[PayloadHeader, _Mapping]]] = ..., keep_local: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
     __slots__ = ("task_id", "round", "site_id", "kind", "num_examples", "metrics", "error", "payloads", "error_kind")
