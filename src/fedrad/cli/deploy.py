@@ -6,6 +6,7 @@ fedrad.run.serve (server) and fedrad.run.join (client).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import zlib
@@ -19,6 +20,7 @@ from rich.table import Table
 from fedrad.config import ConfigError, JobConfig, load_config
 from fedrad.pki.kits import KitError
 from fedrad.pki.provision import ProvisionError
+from fedrad.run.summary import exit_code
 from fedrad.server.status import read_status
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # piped (a log, `watch`): the whole table
@@ -76,28 +78,51 @@ def server(
     resume: Annotated[bool, typer.Option(help="continue after the last checkpointed round in OUT")] = False,
     bind: Annotated[str | None, typer.Option(help="host:port to listen on (default all interfaces, kit port)")] = None,
     deadline: Annotated[float, typer.Option(help="seconds a round waits for replies")] = 600.0,
-    min_sites: Annotated[int | None, typer.Option(help="quorum (default: the job's strategy.min_sites)")] = None,
+    min_sites: Annotated[
+        int | None, typer.Option(help="quorum (default: the job's strategy.min_sites, or 1 without sampling)")
+    ] = None,
     quorum_wait: Annotated[float, typer.Option(help="extra seconds to wait for a quorum before failing")] = 600.0,
     wait_sites: Annotated[float, typer.Option(help="seconds to wait for all sites before round 0")] = 60.0,
     poll: Annotated[float, typer.Option(help="seconds a site's request for work is held open")] = 15.0,
     max_uploads: Annotated[
         int, typer.Option(min=1, help="replies read at once (slow links: more; memory ~ (2 + this) x model)")
     ] = 1,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 3 when the run is degraded (failed: 4)")] = False,
 ) -> None:
-    """Serve a job to the sites of the server kit over gRPC + mutual TLS."""
+    """Serve a job to the sites of the server kit over gRPC + mutual TLS.
+
+    Exit status as `fedrad run`: 0 ok; 3 degraded with --strict (0 without); 4 failed (a round short
+    of its quorum included); 1 the server cannot go on (kit, checkpoint, port); 2 a bad job."""
+    from fedrad.run.federation import FederationError
     from fedrad.run.serve import DeployError, ServerOptions, ServerRun
     from fedrad.server.checkpoint import CheckpointError
 
     config = _job(job)
     _logging()
-    quorum = min_sites if min_sites is not None else config.strategy.min_sites
+    quorum = min_sites if min_sites is not None else config.strategy.default_quorum()
     options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind, max_uploads)
     console.print(f"job {config.name}: hash {config.job_hash()}  (each site's admin approves this)")
     try:
         summary = ServerRun(config, kit, out, options, resume).run()
+    except FederationError as exc:  # a job that cannot make its task (fedbn on the tabular MLP): exit 2
+        raise _fail(str(exc)) from None
     except (DeployError, CheckpointError, KitError, OSError) as exc:
         raise _fail(str(exc), 1) from None
     console.print(f"done: {summary['rounds']} rounds, pooled {summary['pooled']}; results in {out}")
+    _print_health(summary)
+    code = exit_code(summary["status"], strict)
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_health(summary: dict) -> None:
+    """The run's status; a run that is not ok, with its reasons, on stderr."""
+    if summary.get("status", "ok") == "ok":
+        console.print("status: ok")
+        return
+    errors.print(f"status: {summary['status']}", markup=False, highlight=False)
+    for reason in summary.get("status_reasons", []):
+        errors.print(f"  - {reason}", markup=False, highlight=False)
 
 
 def client(
@@ -107,6 +132,9 @@ def client(
     expect_hash: Annotated[str | None, typer.Option(help="refuse to start unless the job hash starts so")] = None,
     server_address: Annotated[str | None, typer.Option("--server", help="host:port (default: the kit's)")] = None,
     backoff_cap: Annotated[float, typer.Option(help="longest wait between reconnection attempts, s")] = 60.0,
+    state: Annotated[
+        Path | None, typer.Option(help="this site's state file (default: .fedrad-state/ beside the data YAML)")
+    ] = None,
 ) -> None:
     """Run this hospital's site: pull work from the server, train and evaluate locally, reply."""
     from fedrad.pki.kits import load_site_kit
@@ -121,7 +149,7 @@ def client(
     _logging()
     try:
         site_kit = load_site_kit(kit)
-        site = client_site(config, site_kit, data)
+        site = client_site(config, site_kit, data, state)
     except (KitError, DeployError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"site {site_kit.site_id}: job {config.name} hash {job_hash}; only this job will run here")
@@ -140,7 +168,8 @@ def client(
 
 
 def status(folder: Annotated[Path, typer.Argument(help="the server's --out folder (or its status.json)")]) -> None:
-    """Each site's state now and in every completed round, from the server's status file."""
+    """Each site's state now and in every completed round (submitted, or its failure's kind), from the
+    server's status file; once the run has ended, its status (ok, degraded, failed) and the reasons."""
     try:
         doc = read_status(folder)
     except ValueError as exc:
@@ -157,6 +186,18 @@ def status(folder: Annotated[Path, typer.Argument(help="the server's --out folde
         wire = [f"{entry.get(key, 0):.2f}" for key in ("mb_to_site", "mb_from_site")]
         table.add_row(site, entry["state"], str(entry["late"]), *wire, *history)
     console.print(table)
+    _print_result((folder if folder.is_dir() else folder.parent) / "summary.json")
+
+
+def _print_result(path: Path) -> None:
+    """The ended run's status and reasons, from its summary.json (nothing while the run goes on)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    console.print(f"result: {result.get('status', 'unknown')}", markup=False)
+    for reason in result.get("status_reasons", []):
+        console.print(f"  - {reason}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

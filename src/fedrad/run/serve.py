@@ -4,7 +4,9 @@ The server runs the same Orchestrator, Strategy, Ledger and RunDirectory as `fed
 the transport differs (GrpcServerTransport instead of in-process Sites). It adds what a network
 needs: a round deadline with a quorum (`fedrad.server.quorum`), a status file, and a checkpoint
 after every round so a restarted server (`--resume`) continues from the last completed round.
-The hospital's side is `fedrad.run.join`.
+A round short of its quorum ends the run: the summary of the completed rounds is written with
+`status: failed` (`fedrad.run.summary`) and the sites are told the job is over. The hospital's
+side is `fedrad.run.join`.
 
     summary = ServerRun(config, Path("kits/server"), Path("runs/fl")).run()
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from fedrad.config import JobConfig
 from fedrad.pki.kits import load_server_kit
-from fedrad.run.methods import method_extras, num_rounds
-from fedrad.run.simulate import build_strategy, build_task, initial_weights, run_summary
+from fedrad.run.methods import method_extras
+from fedrad.run.simulate import build_strategy, build_task, initial_weights
+from fedrad.run.summary import run_summary, with_health
 from fedrad.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_ledger, save_checkpoint
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
@@ -79,16 +83,21 @@ class ServerRun:
             quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s, max_uploads=options.max_uploads,
         )
         with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
-            rounds = num_rounds(strategy, self.config, sites)  # CWT / SWT: one round per visit
-            status.update(phase="waiting for sites", round=start, job_hash=job_hash, method=method)
+            rounds = strategy.num_rounds(self.config.train.rounds, sites)  # CWT / SWT: one round per visit
+            # which process serves, on which port (the kit's, or the one the system chose for `--bind HOST:0`)
+            status.update(phase="waiting for sites", round=start, job_hash=job_hash, method=method,
+                          pid=os.getpid(), port=transport.port)
             missing = transport.wait_for_sites(sites, options.wait_sites_s) if start < rounds else set()
             if start >= rounds:
                 log.info("the checkpoint holds the final round %d: nothing left to run", rounds - 1)
             if missing:
                 log.warning("starting round %d without sites that have not connected: %s", start, sorted(missing))
 
+            final = [state]  # the model after the last completed round (its health is checked)
+
             def on_round(record: RoundRecord, new_state: ServerState) -> None:
                 directory.on_round(record, new_state)
+                final[:] = [new_state]
                 lines.append((self.out / "metrics.jsonl").read_text().splitlines()[-1])
                 save_checkpoint(
                     self.out / CHECKPOINT_FILE,
@@ -100,14 +109,14 @@ class ServerRun:
             ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed)
             orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round)
             status.update(phase="running")
+            quorum, outcome = None, f"job {self.config.name} finished after {rounds} rounds"
             try:
                 orchestrator.run(state, start)
-            except QuorumError as exc:
-                status.update(phase="failed", error=str(exc))
-                raise DeployError(str(exc)) from None
-            status.update(phase="done", round=rounds)
-            untold = transport.finish(job_hash, f"job {self.config.name} finished after {rounds} rounds",
-                                      linger_s=2 * options.poll_s + 5)
+                status.update(phase="done", round=rounds)
+            except QuorumError as exc:  # the run failed: its summary says so (status "failed"), the sites are told
+                quorum, outcome = str(exc), f"job {self.config.name} failed: {exc}"
+                status.update(phase="failed", error=quorum)
+            untold = transport.finish(job_hash, outcome, linger_s=2 * options.poll_s + 5)
             if untold:
                 log.info("sites not told that the job finished (not polling): %s", sorted(untold))
         summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
@@ -116,8 +125,9 @@ class ServerRun:
         wire = transport.traffic()  # serialized protobuf, both directions: what the ledger's payloads cost
         summary["wire_bytes"] = {s: {"to_site": t.to_site, "from_site": t.from_site} for s, t in sorted(wire.items())}
         summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
-                    "metric": getattr(task, "primary_metric", "balanced_accuracy")}
+                    "metric": task.primary_metric}
         summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran
+        summary = with_health(summary, [json.loads(line) for line in lines], final[-1], quorum)  # every round's
         directory.write_summary(summary)
         return summary
 

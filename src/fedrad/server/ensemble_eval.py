@@ -20,54 +20,74 @@ import numpy as np
 
 from fedrad.codec import CodecError, decode, encode
 from fedrad.server.evaluation import ModelEvaluation
+from fedrad.server.site_stats import pooled_metrics, read_stats
 from fedrad.strategies.base import GLOBAL
-from fedrad.types import DataKind, Instruction, InstructionKind, Reply
+from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply, SiteFailure
 
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 def _exchange(instructions: list[Instruction], round: int, ctx) -> list[Reply]:
     replies = ctx.transport.dispatch(instructions)
-    for instruction, reply in zip(instructions, replies, strict=True):
-        ctx.ledger.record_message(round, "evaluate", reply.site_id, "received", instruction.nbytes())
-        ctx.ledger.record_message(round, "evaluate", reply.site_id, "sent", reply.nbytes())
+    for instruction, reply in zip(instructions, replies, strict=True):  # booked as the site asked
+        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "received", instruction.nbytes())
+        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "sent", reply.nbytes())
     return replies
 
 
-def _query(query_site: str, sites: Sequence[str], round: int, ctx, combine: Combine) -> Reply:
-    """Steps 1-4 for one querying site; the reply carries its statistics or the reason it failed."""
-    predict = InstructionKind.PREDICT
+def _probs(reply: Reply, site_id: str, shape: tuple[int, ...] | None = None) -> np.ndarray | str:
+    """A PREDICT reply's probabilities, or why they cannot be used (missing, unreadable, wrong shape)."""
+    try:
+        probs = decode(reply.payload[DataKind.OUTPUTS])["probs"]
+    except (KeyError, CodecError) as exc:
+        return f"site {site_id}: outputs rejected: unreadable or missing: {exc}"
+    if shape is not None and probs.shape != shape:
+        return f"site {site_id}: outputs rejected: shape {list(probs.shape)}, expected {list(shape)}"
+    return probs
+
+
+def _query(query_site: str, sites: Sequence[str], round: int, ctx, combine: Combine) -> tuple[Reply, list[SiteFailure]]:
+    """Steps 1-4 for one querying site: the scoring reply (or a failed one), and the members that failed."""
+    predict, rejected = InstructionKind.PREDICT, FailureKind.REJECTED
     (own,) = _exchange([Instruction(round, query_site, predict, {}, job_hash=ctx.job_hash)], round, ctx)
     if not own.ok:
-        return own
+        return own, []
+    own_probs = _probs(own, query_site)
+    if isinstance(own_probs, str) or DataKind.RAW_DATA not in own.payload:
+        why = own_probs if isinstance(own_probs, str) else f"site {query_site}: query rejected: it carries no images"
+        return Reply(round, query_site, InstructionKind.EVALUATE, error=why, error_kind=rejected), []
     images = own.payload[DataKind.RAW_DATA]
     peers = [s for s in sites if s != query_site]
     asks = [Instruction(round, s, predict, {DataKind.RAW_DATA: images}, job_hash=ctx.job_hash) for s in peers]
-    outputs = [decode(own.payload[DataKind.OUTPUTS])["probs"]]
-    outputs += [decode(r.payload[DataKind.OUTPUTS])["probs"] for r in _exchange(asks, round, ctx) if r.ok]
+    outputs, members = [own_probs], []
+    for ask, reply in zip(asks, _exchange(asks, round, ctx), strict=True):
+        probs = _probs(reply, ask.site_id, own_probs.shape) if reply.ok else reply.error or "unknown error"
+        if isinstance(probs, str):  # left out of this query's combination, and booked as its failure
+            kind = reply.error_kind if not reply.ok else rejected
+            members.append(SiteFailure(ask.site_id, f"as a member for site {query_site}: {probs}", kind, "evaluate"))
+        else:
+            outputs.append(probs)
     combined = {DataKind.OUTPUTS: encode({"probs": combine(outputs)})}
     score = Instruction(round, query_site, InstructionKind.EVALUATE, combined, job_hash=ctx.job_hash)
     (reply,) = _exchange([score], round, ctx)
-    return reply
+    return reply, members
 
 
 def evaluate_ensemble(combine: Combine, sites: Sequence[str], round: int, ctx) -> dict[str, ModelEvaluation]:
     """The ensemble on every site's test set, as one ModelEvaluation named GLOBAL (the shared predictor).
 
-    A member that fails to answer is left out of that query's combination; a querying site that
-    fails is a failure of the evaluation, as in `evaluate_models`.
+    A member that fails to answer, or answers with unusable outputs, is left out of that query's
+    combination and is a failure; a querying site that fails, or whose statistics are rejected
+    (`server/site_stats.py`), is a failure of the evaluation, as in `evaluate_models`.
     """
-    stats, per_site, failures = [], {}, {}
+    stats, per_site, failures = [], {}, []
     for site in sites:
-        reply = _query(site, sites, round, ctx, combine)
-        try:
-            if not reply.ok:
-                raise ValueError(reply.error or "unknown error")
-            site_stats = decode(reply.payload[DataKind.METRICS])
-        except (ValueError, KeyError, CodecError) as exc:
-            failures[site] = str(exc)
+        reply, members = _query(site, sites, round, ctx, combine)
+        failures += members
+        site_stats = read_stats(reply, site, ctx.task)
+        if isinstance(site_stats, SiteFailure):
+            failures.append(site_stats)
             continue
         stats.append(site_stats)
         per_site[site] = ctx.task.metrics(site_stats)
-    pooled = ctx.task.metrics({k: np.sum([s[k] for s in stats], axis=0) for k in stats[0]}) if stats else {}
-    return {GLOBAL: ModelEvaluation(pooled, per_site, failures)}
+    return {GLOBAL: ModelEvaluation(pooled_metrics(ctx.task, stats), per_site, failures)}

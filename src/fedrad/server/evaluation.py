@@ -1,51 +1,61 @@
 """Evaluation through the transport: each named model is sent to every site's test set.
 
 Sites return summable statistics, so the pooled test set's metrics are computed from their sum
-without any per-patient output leaving a site.
+without any per-patient output leaving a site. Each reply is checked first (`server/site_stats.py`):
+one that failed, or whose statistics are missing or malformed, is that site's SiteFailure (phase
+"evaluate") and the others are pooled without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedrad.codec import decode, encode
+from fedrad.server.site_stats import pooled_metrics, read_stats
 from fedrad.strategies.base import GLOBAL
-from fedrad.types import DataKind, Instruction, InstructionKind, Weights
+from fedrad.types import DataKind, Instruction, InstructionKind, SiteFailure, Weights
 
 
 @dataclass(frozen=True)
 class ModelEvaluation:
     pooled: dict[str, float]
     sites: dict[str, dict[str, float]]
-    failures: dict[str, str]
+    failures: list[SiteFailure]  # phase "evaluate": the sites whose statistics did not come, or were rejected
 
 
 def evaluate_models(
-    models: Mapping[str, Weights], sites: Sequence[str], round: int, ctx
+    models: Mapping[str, Weights], sites: Sequence[str], round: int, ctx,
+    local_names: Callable[[Weights], frozenset[str]] | None = None,
 ) -> dict[str, ModelEvaluation]:
-    """Evaluate every model on every site's test set; `ctx` gives transport, ledger, task, job hash."""
+    """Evaluate every model on every site's test set; `ctx` gives transport, ledger, task, job hash.
+
+    `local_names(model)`: the entries each site evaluates with its own values when it has them
+    (FedBN's BatchNorm); a site without uses the model's.
+    """
     results = {}
     for name, weights in models.items():
-        blob = encode(weights)
+        blob = ctx.blobs.encode(weights)  # the form the next round's FIT sends too: serialized once
+        keep = local_names(weights) if local_names is not None else frozenset()
         instructions = [
-            Instruction(round, site, InstructionKind.EVALUATE, {DataKind.WEIGHTS: blob}, job_hash=ctx.job_hash)
+            Instruction(round, site, InstructionKind.EVALUATE, {DataKind.WEIGHTS: blob}, job_hash=ctx.job_hash,
+                        keep_local=keep)
             for site in sites
         ]
-        stats, per_site, failures = [], {}, {}
+        stats, per_site, failures = [], {}, []
+        what = "" if name == GLOBAL else f"model {name}: "
         for instruction, reply in zip(instructions, ctx.transport.dispatch(instructions), strict=True):
-            ctx.ledger.record_message(round, "evaluate", reply.site_id, "received", instruction.nbytes())
-            ctx.ledger.record_message(round, "evaluate", reply.site_id, "sent", reply.nbytes())
-            if not reply.ok:
-                failures[reply.site_id] = reply.error or "unknown error"
+            site = instruction.site_id  # booked and judged as the site asked, whatever the reply claims
+            ctx.ledger.record_message(round, "evaluate", site, "received", instruction.nbytes())
+            ctx.ledger.record_message(round, "evaluate", site, "sent", reply.nbytes())
+            site_stats = read_stats(reply, site, ctx.task, what)  # a bad reply is this site's failure
+            if isinstance(site_stats, SiteFailure):
+                failures.append(site_stats)
                 continue
-            site_stats = decode(reply.payload[DataKind.METRICS])
             stats.append(site_stats)
-            per_site[reply.site_id] = ctx.task.metrics(site_stats)
-        pooled = ctx.task.metrics({k: np.sum([s[k] for s in stats], axis=0) for k in stats[0]}) if stats else {}
-        results[name] = ModelEvaluation(pooled, per_site, failures)
+            per_site[site] = ctx.task.metrics(site_stats)
+        results[name] = ModelEvaluation(pooled_metrics(ctx.task, stats), per_site, failures)
     return results
 
 

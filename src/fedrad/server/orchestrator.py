@@ -6,7 +6,7 @@ aggregates the rest, 6) the models are evaluated on every site's test set, 7) th
 to `on_round` (which writes metrics and the checkpoint).
 
 Memory: replies are taken one at a time, in instruction order (`Transport.stream`). A strategy
-with `begin` (FedAvg, FedProx, FedBN, FedOpt) folds each accepted update into its running sum
+whose `begin` returns a Fold (FedAvg, FedProx, FedBN, FedOpt) folds each accepted update into its running sum
 before the next reply is read, so the server holds the global model (sharing memory with its
 encoded form), the sum and one update, whatever the number of sites. Other strategies get the
 list of results. The order is fixed, so the network gives the simulator's numbers bit for bit.
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrad.codec import CodecError, encode, share_storage, views
+from fedrad.codec import CodecError, views
+from fedrad.server.blobs import ModelBlobs
 from fedrad.server.ensemble_eval import evaluate_ensemble
 from fedrad.server.evaluation import ModelEvaluation, evaluate_models
 from fedrad.server.ledger import Ledger
@@ -45,6 +46,7 @@ class RunContext:
     job_hash: str = ""
     seed: int = 0
     validator: UpdateValidator | None = field(default_factory=UpdateValidator)  # None: trust every update
+    blobs: ModelBlobs = field(default_factory=ModelBlobs)  # each model serialized once: evaluation, then FIT
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,7 @@ class Orchestrator:
         started = time.perf_counter()
         tasks = self.strategy.configure(round, state, self.train_sites)
         instructions = self._instructions(round, tasks)
-        begin = getattr(self.strategy, "begin", None)
-        fold: Fold | None = begin(round, state) if begin is not None else None
+        fold: Fold | None = self.strategy.begin(round, state)  # None: the results come as a list
         results: list[FitResult] = []
         failures: list[SiteFailure] = []
         train_metrics: dict[str, dict[str, float]] = {}
@@ -112,9 +113,11 @@ class Orchestrator:
             raise RuntimeError(f"round {round}: {answered} replies to {len(instructions)} instructions")
         del instructions  # the encoded model: the sites have it
         state = fold.finish() if fold is not None else self.strategy.aggregate(round, state, results)
+        self.ctx.blobs.retain(state.models.values())  # the old model's form goes, unless it is still the model
         evaluations = {}
         if (round + 1) % self.eval_every == 0 or round + 1 == self.rounds:
             evaluations = self.evaluate(round, state)
+            failures += [failure for e in evaluations.values() for failure in e.failures]  # phase "evaluate"
         record = RoundRecord(
             round=round,
             asked=[t.site_id for t in tasks],
@@ -130,36 +133,31 @@ class Orchestrator:
 
     def evaluate(self, round: int, state: ServerState) -> dict[str, ModelEvaluation]:
         """Every model on every test set, or, for a strategy that combines outputs, the ensemble."""
-        combine = getattr(self.strategy, "combine_outputs", None)
-        if combine is not None:
-            return evaluate_ensemble(combine, self.eval_sites, round, self.ctx)
-        return evaluate_models(self.evaluation_models(state), self.eval_sites, round, self.ctx)
-
-    def evaluation_models(self, state: ServerState):
-        custom = getattr(self.strategy, "evaluation_models", None)
-        return custom(state) if custom is not None else state.models
+        if self.strategy.evaluation == "outputs":
+            return evaluate_ensemble(self.strategy.combine_outputs, self.eval_sites, round, self.ctx)
+        # local_names: each site evaluates with its own values for these (FedBN's BatchNorm)
+        return evaluate_models(state.models, self.eval_sites, round, self.ctx, self.strategy.local_names)
 
     def _instructions(self, round: int, tasks: Sequence[FitTask]) -> list[Instruction]:
-        encoded: dict[int, bytes] = {}  # one serialization per distinct model, however many sites get it
+        # One serialization per distinct model (and control variate), however many sites get it; the
+        # model evaluated last round is sent in the form it was evaluated in (ModelBlobs).
+        blobs = self.ctx.blobs
         instructions = []
         for task in tasks:
-            blob = encoded.get(id(task.weights))
-            if blob is None:
-                blob = encoded[id(task.weights)] = encode(task.weights)
-                if isinstance(task.weights, dict):  # the model and its wire form share one buffer
-                    share_storage(task.weights, blob)
             instructions.append(
                 Instruction(
                     round=round,
                     site_id=task.site_id,
                     kind=InstructionKind.FIT,
-                    payload={DataKind.WEIGHTS: blob}
-                    | ({} if task.control is None else {DataKind.CONTROL: encode(task.control)}),
+                    payload={DataKind.WEIGHTS: blobs.encode(task.weights)}
+                    | ({} if task.control is None else {DataKind.CONTROL: blobs.encode(task.control)}),
                     fit=task.config,
                     job_hash=self.ctx.job_hash,
                     seed=instruction_seed(self.ctx.seed, round, task.site_id),
+                    keep_local=task.keep_local,
                 )
             )
+        blobs.retain([t.weights for t in tasks] + [t.control for t in tasks if t.control is not None])
         return instructions
 
     def _accept(
@@ -193,7 +191,8 @@ class Orchestrator:
         """
         if self.ctx.validator is None:
             return None
-        reason = self.ctx.validator.check(reply.site_id, weights, task.weights, reply.num_examples)
+        expected = {n: a for n, a in task.weights.items() if n not in task.keep_local}  # what comes back
+        reason = self.ctx.validator.check(reply.site_id, weights, expected, reply.num_examples)
         if reason is None and (control is None) != (task.control is None):
             what = "control variates it was not sent" if task.control is None else "no control variates"
             reason = f"site {reply.site_id}: update rejected: the reply carries {what}"

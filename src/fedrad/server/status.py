@@ -4,9 +4,11 @@
 prints it. Live states: connected (polling for work), waiting (work queued, not yet picked up),
 training / evaluating (instruction delivered), uploading (its reply announced: waiting for its
 turn, or being read), submitted, disconnected, refused. Each site's bytes on the wire (serialized
-protobuf, both directions) are counted since the server started. Completed
-rounds: submitted, dropped (no reply by the deadline), rejected (failed validation), failed
-(the site reported an error); `late` counts replies that arrived after their deadline.
+protobuf, both directions) are counted since the server started. Completed rounds: submitted,
+or the kind of the site's failure (`fedrad.types.FailureKind`: timeout, dropped, rejected,
+refused, error, budget), with " in evaluation" when it trained but its evaluation failed; read
+from the failure's kind, never from its message. `late` counts replies that arrived after their
+deadline.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from fedrad.server.orchestrator import RoundRecord
@@ -42,19 +45,14 @@ def live_state(site: dict, poll_s: float) -> str:
 
 
 def round_states(record: RoundRecord) -> dict[str, str]:
-    """What became of each asked site in a completed round."""
+    """What became of each asked site in a completed round: submitted, or its failure's kind."""
     states = {site: "submitted" for site in record.asked}
     for failure in record.failures:
-        if "update rejected" in failure.reason:
-            states[failure.site_id] = "rejected"
-        elif "no reply within" in failure.reason or "stopped before" in failure.reason:
-            states[failure.site_id] = "dropped"
-        else:
-            states[failure.site_id] = "failed"
-    for evaluation in record.evaluations.values():  # a site lost after it trained shows here
-        for site, reason in evaluation.failures.items():
-            if states.get(site, "submitted") == "submitted":
-                states[site] = "dropped in evaluation" if "no reply within" in reason else "failed in evaluation"
+        if failure.phase == "train":
+            states[failure.site_id] = str(failure.kind)
+    for failure in record.failures:  # a site lost after it trained shows here
+        if failure.phase != "train" and states.get(failure.site_id, "submitted") == "submitted":
+            states[failure.site_id] = f"{failure.kind} in evaluation"
     return states
 
 
@@ -84,7 +82,7 @@ class StatusFile:
 
     def completed(self, record: RoundRecord) -> None:
         line = {"round": record.round, "sites": round_states(record),
-                "failures": {f.site_id: f.reason for f in record.failures}}
+                "failures": [asdict(failure) for failure in record.failures]}
         with self._lock:
             self.fields["rounds"] = [*self.fields["rounds"], line]
         self.write()

@@ -26,7 +26,7 @@ import grpc
 from fedrad.pki.kits import SiteKit, load_site_kit
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
-from fedrad.types import Instruction, Reply
+from fedrad.types import FailureKind, Instruction, Reply, failure_kind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -210,13 +210,17 @@ class GrpcClient:
         self._stop.set()
 
     def _handle(self, instruction: Instruction) -> Reply:
+        """The site's reply; a site that raises is a failed reply of the exception's kind (refused, error, ...)."""
+        site_id = self.kit.site_id
+        if instruction.site_id != site_id:
+            error = f"instruction for site {instruction.site_id!r} reached site {site_id!r}"
+            return Reply(instruction.round, site_id, instruction.kind, error=error, error_kind=FailureKind.REFUSED)
         try:
-            if instruction.site_id != self.kit.site_id:
-                raise ValueError(f"instruction for site {instruction.site_id!r} reached site {self.kit.site_id!r}")
             return self.site.handle(instruction)
-        except Exception as exc:  # a failed site is data: the server gets the reason
-            log.exception("site %s: round %d failed", self.kit.site_id, instruction.round)
-            return Reply(instruction.round, self.kit.site_id, instruction.kind, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failed site is data: the server gets the reason and its kind
+            log.exception("site %s: round %d failed", site_id, instruction.round)
+            return Reply(instruction.round, site_id, instruction.kind, error=f"{type(exc).__name__}: {exc}",
+                         error_kind=failure_kind(exc))
 
     def _retrying(self, attempt: Callable[[], T]) -> T | None:
         """attempt() until it succeeds; None if stopped. Backoff between tries, a fresh channel each."""

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from fedrad.types import Instruction, Reply
+from fedrad.types import FailureKind, Instruction, Reply, failure_kind
 
 
 class InProcessTransport:
-    """Calls `site.handle` directly. A site that raises becomes a Reply with `error` set."""
+    """Calls `site.handle` directly. A site that raises becomes a Reply with `error` set.
+
+    The reply's kind is the exception's (`fedrad.types.failure_kind`: a SiteError refusal is REFUSED,
+    anything unexpected ERROR); an unknown site is DROPPED, as one that never connected would be.
+    """
 
     def __init__(self, sites: Mapping[str, object]):
         self.sites = dict(sites)
@@ -22,14 +26,14 @@ class InProcessTransport:
 
     def _deliver(self, instruction: Instruction) -> Reply:
         site = self.sites.get(instruction.site_id)
+        if site is None:  # as a site that never connected to a server
+            return self._failed(instruction, f"no site named {instruction.site_id!r} in this federation",
+                                FailureKind.DROPPED)
         try:
-            if site is None:
-                raise LookupError(f"no site named {instruction.site_id!r} in this federation")
             return site.handle(instruction)
         except Exception as exc:  # a failed site is data, never the end of the run
-            return Reply(
-                round=instruction.round,
-                site_id=instruction.site_id,
-                kind=instruction.kind,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            return self._failed(instruction, f"{type(exc).__name__}: {exc}", failure_kind(exc))
+
+    @staticmethod
+    def _failed(instruction: Instruction, error: str, kind: FailureKind) -> Reply:
+        return Reply(instruction.round, instruction.site_id, instruction.kind, error=error, error_kind=kind)
