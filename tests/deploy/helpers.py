@@ -1,4 +1,9 @@
-"""A federation on loopback: a provisioned project, a job, and fedrad server / client OS processes."""
+"""A federation on loopback: a provisioned project, a job, and fedrad server / client OS processes.
+
+Ports: every server binds port 0 (the system picks a free one) and reports the port it bound, with
+its pid, in its status.json; the clients dial that port (`--server`). No port is chosen by a probe
+and bound later, so two suites running at once never meet on one port.
+"""
 
 from __future__ import annotations
 
@@ -24,45 +29,69 @@ from tests.tiny import tiny_job
 
 SITES = ("s1", "s2", "s3")
 JOB = tiny_job(name="deploy-tiny", train={"rounds": 3})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+KIT_PORT = 1  # the kits' port, which nothing here listens on: a client is always told the bound one
 
 
 class Federation:
     """Kits, job and data YAMLs under `root`; every process it starts is killed by `close`."""
 
     def __init__(self, root: Path, job: dict = JOB):
-        self.root, self.port = root, free_port()
-        server = ServerSpec(hosts=("127.0.0.1",), port=self.port)
+        self.root = root
+        self.port: int | None = None  # the port the last server started bound (from its status.json)
+        server = ServerSpec(hosts=("127.0.0.1",), port=KIT_PORT)
         self.kits = provision(ProjectSpec(name="deploy-test", server=server, sites=SITES), root / "kits")
         self.job = root / "job.yaml"
         self.job.write_text(yaml.safe_dump(job))
         for site in SITES:
             (root / f"{site}.yaml").write_text(yaml.safe_dump({"data": {"source": "phantom", "site_id": site}}))
         self.processes: list[subprocess.Popen] = []
+        self._kept: socket.socket | None = None
 
-    def _start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.root / f"{name}.log").open("ab")
+    def _start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen:
         env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "fedrad.cli", *args]
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root)
+        with (self.root / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the handle
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd or self.root)
         self.processes.append(process)
         return process
 
-    def server(self, out: Path, *extra: str, deadline_s: float = 30.0) -> subprocess.Popen:
-        """A round waits `deadline_s` for a missing site (a loaded CI machine needs a generous one)."""
-        args = ["--job", str(self.job), "--kit", str(self.kits.server), "--out", str(out), "--bind",
-                f"127.0.0.1:{self.port}", "--deadline", str(deadline_s), "--poll", "1", "--wait-sites", "30", *extra]
-        return self._start("server", "server", *args)
+    def server(
+        self, out: Path, *extra: str, deadline_s: float = 30.0, port: int = 0, job: Path | str | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen:
+        """Start `fedrad server` on 127.0.0.1:`port` (0: one the system picks) and wait until it reports
+        the port it bound. A round waits `deadline_s` for a missing site (a loaded CI machine needs a
+        generous one)."""
+        args = ["--job", str(job or self.job), "--kit", str(self.kits.server), "--out", str(out), "--bind",
+                f"127.0.0.1:{port}", "--deadline", str(deadline_s), "--poll", "1", "--wait-sites", "60", *extra]
+        process = self._start("server", "server", *args, cwd=cwd)
+        self.port = bound_port(out, process.pid, lambda: process.poll() is None, lambda: self.log("server"))
+        return process
 
-    def client(self, site: str) -> subprocess.Popen:
-        args = ["--kit", str(self.kits.sites[site]), "--data", str(self.root / f"{site}.yaml"),
-                "--job", str(self.job), "--backoff-cap", "1"]
-        return self._start(site, "client", *args)
+    def client(
+        self, site: str, job: Path | str | None = None, data: Path | str | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
+        """Start `fedrad client` for `site`, dialing the port the running server bound."""
+        if self.port is None:
+            raise RuntimeError("start the server first: a client dials the port the server bound")
+        args = ["--kit", str(self.kits.sites[site]), "--data", str(data or self.root / f"{site}.yaml"),
+                "--job", str(job or self.job), "--server", f"127.0.0.1:{self.port}", "--backoff-cap", "1"]
+        return self._start(site, "client", *args, cwd=cwd)
+
+    def keep_port(self) -> None:
+        """Keep the running server's port for the server that replaces it (`--resume`, `port=self.port`).
+
+        The admin of a real federation restarts the server on its fixed port; here that port was
+        chosen by the system, and once the server dies another process could take it. So a socket of
+        this process binds it beside the server's (both with SO_REUSEPORT, which gRPC sets) until
+        `close`; it never listens, so it takes no connection, and no other program can bind the port.
+        """
+        if self.port is None:
+            raise RuntimeError("no server has reported its port yet")
+        kept = socket.socket()
+        kept.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        kept.bind(("127.0.0.1", self.port))
+        self._kept = kept
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -77,6 +106,9 @@ class Federation:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+        if self._kept is not None:
+            self._kept.close()
 
 
 def status(out: Path) -> dict:
@@ -86,7 +118,29 @@ def status(out: Path) -> dict:
         return {}
 
 
+def bound_port(
+    out: Path, pid: int, alive: Callable[[], bool] = lambda: True, log: Callable[[], str] = lambda: "",
+    timeout_s: float = 120,
+) -> int:
+    """The port the server process `pid` reports in OUT/status.json once it listens (not an earlier
+    server's: a resumed one finds its predecessor's file); AssertionError if it exits first."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        doc = status(out)
+        if doc.get("pid") == pid and doc.get("port"):
+            found.append(doc["port"])
+            return True
+        if not alive():
+            raise AssertionError(f"the server exited before it listened:\n{log()}")
+        return False
+
+    wait_for(listening, timeout_s, "the server to report the port it bound")
+    return found[0]
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; the timeout only bounds a hung run, it is no part of the check."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

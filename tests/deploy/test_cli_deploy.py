@@ -47,6 +47,17 @@ def test_status_prints_each_site_per_round(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "cannot read" in missing.output
 
 
+def test_status_prints_the_ended_runs_health_from_its_summary(tmp_path: Path) -> None:
+    doc = {"phase": "done", "round": 2, "rounds": [{"round": 0, "sites": {"a": "timeout in evaluation"}}],
+           "sites": {"a": {"state": "connected", "late": 0}}}
+    (tmp_path / "status.json").write_text(json.dumps(doc))
+    reasons = ["site a: timeout in evaluation, round 0: no reply within 5 s"]
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "degraded", "status_reasons": reasons}))
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "status.json")])
+    assert result.exit_code == 0, result.output
+    assert "result: degraded" in result.output and f"  - {reasons[0]}" in result.output
+
+
 def test_a_client_refuses_a_job_whose_hash_its_admin_did_not_approve(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(JOB))

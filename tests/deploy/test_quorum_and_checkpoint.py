@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +11,9 @@ from fedrad.server.checkpoint import Checkpoint, CheckpointError, load_checkpoin
 from fedrad.server.ledger import Ledger
 from fedrad.server.quorum import QuorumError, QuorumTransport
 from fedrad.strategies.base import ServerState
-from fedrad.transport.taskboard import TaskBoard
+from fedrad.transport.taskboard import Task, TaskBoard
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply
+from tests.transport.helpers import ManualClock, collecting
 
 FIT = InstructionKind.FIT
 
@@ -23,34 +22,33 @@ def _instruction(site: str) -> Instruction:
     return Instruction(round=2, site_id=site, kind=FIT, payload={DataKind.WEIGHTS: b"w"})
 
 
+def _pull(board: TaskBoard, site: str) -> Task:
+    task = board.next_task(site, poll_s=5.0, is_active=lambda: True)
+    assert task is not None
+    return task
+
+
 def test_a_round_short_of_quorum_waits_past_its_deadline_for_a_late_site() -> None:
-    board = TaskBoard(["a", "b"])
-    result: list[Reply] = []
-    thread = threading.Thread(
-        target=lambda: result.extend(board.collect([_instruction("a"), _instruction("b")], 0.2, 2, 5.0))
-    )
-    thread.start()
-    time.sleep(0.5)  # past the 0.2 s deadline: without the quorum rule both tasks would be closed
-    for site in ("a", "b"):
-        task = board.next_task(site, poll_s=1.0, is_active=lambda: True)
-        assert task is not None
-        assert board.record(site, task.task_id, Reply(2, site, FIT, num_examples=3)) is None
-    thread.join(timeout=10)
+    clock = ManualClock()
+    board = TaskBoard(["a", "b"], clock=clock)
+    with collecting(board, [_instruction("a"), _instruction("b")], 0.2, min_replies=2, grace_s=5.0) as result:
+        task_a, task_b = _pull(board, "a"), _pull(board, "b")
+        assert board.record("a", task_a.task_id, Reply(2, "a", FIT, num_examples=3)) is None
+        clock.advance(1.0, board)  # past the 0.2 s deadline, inside the grace; one reply, the quorum is 2
+        clock.wait_looked()  # the board has judged b's task at the new time: without the rule, it closed it
+        assert board.record("b", task_b.task_id, Reply(2, "b", FIT, num_examples=3)) is None
     assert [r.ok for r in result] == [True, True]
 
 
 def test_a_round_closes_at_its_deadline_once_the_quorum_replied() -> None:
-    board = TaskBoard(["a", "b"])
-    result: list[Reply] = []
-    started = time.monotonic()
-    thread = threading.Thread(
-        target=lambda: result.extend(board.collect([_instruction("a"), _instruction("b")], 0.3, 1, 30.0))
-    )
-    thread.start()
-    task = board.next_task("a", poll_s=1.0, is_active=lambda: True)
-    assert task is not None and board.record("a", task.task_id, Reply(2, "a", FIT, num_examples=3)) is None
-    thread.join(timeout=10)
-    assert time.monotonic() - started < 5  # did not wait the 30 s grace
+    clock = ManualClock()
+    board = TaskBoard(["a", "b"], clock=clock)
+    with collecting(board, [_instruction("a"), _instruction("b")], 0.3, min_replies=1, grace_s=30.0) as result:
+        task_a = _pull(board, "a")
+        assert board.record("a", task_a.task_id, Reply(2, "a", FIT, num_examples=3)) is None
+        clock.advance(0.3, board)  # the deadline, far inside the 30 s grace
+        clock.wait_looked()
+        assert board.snapshot()["b"]["tasks"] == []  # b's task closed at the deadline: no wait for the grace
     assert result[0].ok and "no reply within 0.3 s" in (result[1].error or "")
 
 

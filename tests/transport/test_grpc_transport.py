@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from fedrad.codec import decode, encode
 from fedrad.pki.kits import SiteKit, load_server_kit, load_site_kit
 from fedrad.pki.provision import Kits, revoke_site
+from fedrad.transport import fedrad_pb2 as pb
+from fedrad.transport import wire
 from fedrad.transport.grpc_transport import Backoff, ClientError, ClientRefused, GrpcClient, GrpcServerTransport
-from fedrad.types import DataKind, Instruction, InstructionKind
+from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply
 
-from .helpers import EchoSite, running, wait_until
+from .helpers import Background, EchoSite, ManualClock, running, wait_until
 
 FAST = Backoff(base_s=0.05, cap_s=0.2)
 
@@ -66,22 +69,33 @@ def test_one_round_with_two_sites_over_mutual_tls(kits: Kits, server: GrpcServer
     assert client_b.bytes_received == traffic["hospital-b"].to_site
 
 
-def test_a_site_without_a_client_fails_by_the_deadline(kits: Kits) -> None:
+def test_a_site_without_a_client_fails_at_the_deadline(kits: Kits) -> None:
     with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=0.3) as server:
-        started = time.monotonic()
-        [reply] = server.dispatch([_instruction("hospital-c", b"weights")])
-    assert time.monotonic() - started < 2
+        server.board.clock = clock = ManualClock()
+        dispatch = Background(lambda: server.dispatch([_instruction("hospital-c", b"weights")]))
+        assert wait_until(lambda: bool(server.board.snapshot()["hospital-c"]["tasks"]))
+        assert not dispatch.done.is_set()  # the clock stands still: the round waits
+        clock.advance(0.3, server.board)
+        [reply] = dispatch.result()
     assert not reply.ok and "no reply within 0.3 s; it never connected" in reply.error
 
 
 def test_a_late_reply_is_rejected(kits: Kits) -> None:
     with GrpcServerTransport(load_server_kit(kits.server), bind="127.0.0.1:0", reply_timeout_s=0.5, poll_s=0.5) as s:
-        client, _ = _client(load_site_kit(kits.sites["hospital-a"]), s, site=EchoSite("hospital-a", delay_s=1.0))
-        with running(client):
-            [reply] = s.dispatch([_instruction("hospital-a", b"weights")])
+        s.board.clock = clock = ManualClock()
+        gate = threading.Event()  # the site replies only when the test opens it: after the deadline
+        site = EchoSite("hospital-a", gate=gate)
+        client, _ = _client(load_site_kit(kits.sites["hospital-a"]), s, site=site)
+        with running(client) as errors:
+            dispatch = Background(lambda: s.dispatch([_instruction("hospital-a", b"weights")]))
+            assert site.received.wait(timeout=10)  # delivered, and the site is training
+            clock.advance(0.5, s.board)  # the deadline passes
+            [reply] = dispatch.result()
+            gate.set()
             assert wait_until(lambda: len(client.acks) == 1)
     assert "delivered 1 time" in reply.error
     assert client.acks[0][1] == "REJECTED" and client.acks[0][2].startswith("late")
+    assert errors == []
 
 
 def test_a_client_certificate_from_another_ca_is_refused(
@@ -147,3 +161,28 @@ def test_clients_stop_by_themselves_when_the_server_says_the_job_is_done(
     assert untold == set()  # both were told; only a's job was the one that finished
     assert client_a.finished == "job tiny finished after 2 rounds"
     assert errors_a == errors_b == []
+
+
+def test_a_site_that_hangs_up_mid_upload_is_dropped_not_rejected(kits: Kits, server: GrpcServerTransport) -> None:
+    # Prepare: hospital-a's own channel; it pulls its instruction by hand.
+    server.board.clock = clock = ManualClock()
+    kit = load_site_kit(kits.sites["hospital-a"])
+    credentials = grpc.ssl_channel_credentials(kit.ca_pem, kit.key_pem, kit.cert_pem)
+    dispatch = Background(lambda: server.dispatch([_instruction("hospital-a", b"w" * 3000)]))
+    with grpc.secure_channel(f"127.0.0.1:{server.port}", credentials) as channel:
+        work = channel.unary_stream(wire.WORK_METHOD, pb.WorkRequest.SerializeToString, pb.ServerMessage.FromString)
+        work_call = work(pb.WorkRequest(site_id="hospital-a"))
+        task_id, instruction = wire.read_instruction(iter(work_call))
+        reply = Reply(0, "hospital-a", instruction.kind, {DataKind.WEIGHTS: b"u" * 3000}, num_examples=10)
+        messages = list(wire.reply_messages(reply, task_id, chunk_size=1000))  # the header, then 3 chunks
+
+        # Execute: the site's process dies after its first chunk, so its stream ends there
+        submit = channel.stream_stream(wire.SUBMIT_METHOD, pb.ClientMessage.SerializeToString, pb.SubmitAck.FromString)
+        acks = list(submit(iter(messages[:2])))
+    clock.advance(20, server.board)  # the deadline passes with no complete upload
+    [failed] = dispatch.result()
+
+    # Assert: the server read the hang-up as a drop, not as a malformed reply
+    assert [pb.SubmitAck.Status.Name(a.status) for a in acks] == ["PROCEED", "REJECTED"]
+    assert "the upload broke off" in acks[1].reason
+    assert failed.error_kind == FailureKind.DROPPED and "broke off" in (failed.error or ""), failed

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def _instruction(payload: dict[DataKind, bytes]) -> Instruction:
         fit=fit,
         job_hash="ab" * 32,
         seed=2**32 - 1,
+        keep_local=frozenset({"bn.weight", "bn.running_mean"}),
     )
 
 
@@ -89,8 +91,8 @@ def test_out_of_order_chunks_are_refused() -> None:
         wire.read_instruction(iter(messages))
 
 
-def test_a_truncated_stream_is_refused() -> None:
-    with pytest.raises(wire.WireError, match="incomplete"):
+def test_a_truncated_stream_is_refused_as_one_that_ended_early() -> None:
+    with pytest.raises(wire.StreamEnded, match="incomplete"):  # a WireError: the sender went away
         wire.read_instruction(iter(_messages()[:-1]))
 
 
@@ -134,3 +136,29 @@ def test_values_outside_the_wire_range_fail_at_encoding() -> None:
     instruction = dataclasses.replace(_instruction({}), seed=2**70)
     with pytest.raises(wire.WireError, match="hospital-a"):
         wire.instruction_header(instruction, "t")
+
+
+def test_a_blob_in_many_headers_is_hashed_once_and_a_changeable_one_each_time() -> None:
+    # Prepare: one encoded model for three sites (as the orchestrator sends it), plus a control each.
+    model = encode({"w": np.arange(1000, dtype=np.float32)})
+    controls = [bytes([site]) * 64 for site in range(3)]
+    digests = wire.Digests()
+
+    # Execute
+    headers = [
+        wire.instruction_header(
+            dataclasses.replace(_instruction({DataKind.WEIGHTS: model, DataKind.CONTROL: control}), site_id=f"s{n}"),
+            f"t{n}", digests=digests,
+        )
+        for n, control in enumerate(controls)
+    ]
+
+    # Assert: four distinct blobs, four hashes; every header carries the model's true digest
+    assert digests.computed == 1 + len(controls)
+    assert [h.payloads[0].sha256 for h in headers] == [hashlib.sha256(model).digest()] * 3
+    assert [h.payloads[1].sha256 for h in headers] == [hashlib.sha256(c).digest() for c in controls]
+    changeable = bytearray(b"abc")
+    first = digests(changeable)
+    changeable[0] = ord("x")
+    assert digests(changeable) == hashlib.sha256(b"xbc").digest() != first
+    assert digests.computed == 1 + len(controls) + 2

@@ -32,7 +32,7 @@ from fedrad.transport import wire
 from fedrad.transport.gatekeeper import Gatekeeper, Refused
 from fedrad.transport.grpc_client import Backoff, ClientError, ClientRefused, GrpcClient
 from fedrad.transport.taskboard import Ack, TaskBoard, Traffic, failed
-from fedrad.types import Instruction, Reply
+from fedrad.types import FailureKind, Instruction, Reply
 
 log = logging.getLogger(__name__)
 SERVER_OPTIONS = [
@@ -139,8 +139,9 @@ class GrpcServerTransport:
     def stream(self, instructions: Sequence[Instruction]) -> Iterator[tuple[int, Reply]]:
         """The replies in instruction order, each read from the network only when the caller asks."""
         if self._server is None:
+            why = "the gRPC server is not running (call start() first)"
             for number, instruction in enumerate(instructions):
-                yield number, failed(instruction, "the gRPC server is not running (call start() first)")
+                yield number, failed(instruction, why, FailureKind.ERROR)
             return
         yield from self.board.stream(instructions, self.reply_timeout_s, self.quorum, self.quorum_wait_s)
 
@@ -203,17 +204,19 @@ class GrpcServerTransport:
         if verdict is not None:
             yield self._ack(site, verdict)
             return
-        verdict = (Ack.REJECTED, "the upload broke off")
+        verdict, setback = (Ack.REJECTED, "the upload broke off"), FailureKind.DROPPED
         try:
             yield self._ack(site, (Ack.PROCEED, ""))
             task_id, reply = wire.read_reply(itertools.chain([first], messages), self.max_payload_bytes)
             verdict = self.board.record(site, task_id, reply)
             del reply
+        except wire.StreamEnded as exc:  # the site hung up (killed, its link dropped): not a malformed reply
+            verdict = (Ack.REJECTED, f"the upload broke off: {exc}")
         except wire.WireError as exc:
-            verdict = (Ack.REJECTED, f"malformed reply: {exc}")
+            verdict, setback = (Ack.REJECTED, f"malformed reply: {exc}"), FailureKind.REJECTED
         finally:
             if verdict is not None:  # not recorded (malformed, refused, the stream broke): the task waits for another
-                self.board.withdraw(header.task_id)
+                self.board.withdraw(header.task_id, setback, verdict[1])
         yield self._ack(site, verdict)
 
     def _authorize(self, context: grpc.ServicerContext, claimed: str | None) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
-from fedrad.types import Instruction, Reply
+from fedrad.types import FailureKind, Instruction, Reply
 
 Ack = pb.SubmitAck
 Verdict = tuple[int, str] | None  # (SubmitAck status, reason); None: the reply may be recorded
@@ -50,14 +50,20 @@ class Task:
     deliveries: int = 0
     announced: bool = False  # its reply header arrived; the upload waits for its turn or is under way
     answered: bool = False  # a reply was recorded (kept after the reply itself is handed on)
+    setback: tuple[FailureKind, str] | None = None  # the last upload that was not recorded, and why
 
 
 class TaskBoard:
-    def __init__(self, sites: Collection[str], chunk_size: int = wire.CHUNK_SIZE, uploads: int = 1):
+    def __init__(
+        self, sites: Collection[str], chunk_size: int = wire.CHUNK_SIZE, uploads: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`clock` measures the rounds' deadlines (seconds; a test passes one it moves by hand)."""
         if uploads < 1:
             raise ValueError(f"uploads must be at least 1, got {uploads}")
         self.sites, self.chunk_size = frozenset(sites), chunk_size
         self.uploads = uploads  # uploads read at once: memory is about (2 + uploads) model sizes
+        self.clock = clock  # round deadlines; polls and last contact are on time.monotonic
         self.cond = threading.Condition()
         self.stopped = False
         self._tasks: dict[str, Task] = {}  # open tasks by id
@@ -70,6 +76,7 @@ class TaskBoard:
         self._turns: set[str] = set()  # ids of the tasks whose uploads may be read now (the window)
         self.done: tuple[str, str] | None = None  # (job hash, reason) once the job has finished
         self._told: set[str] = set()  # sites that were told so
+        self.payloads_hashed = 0  # distinct payload blobs hashed for headers (a round's model: once)
 
     def collect(
         self, instructions: Sequence[Instruction], timeout_s: float, min_replies: int = 0, grace_s: float = 0.0
@@ -88,13 +95,14 @@ class TaskBoard:
         Tasks left when the caller stops iterating are closed.
         """
         entries: list[Task | Reply] = []
+        digests = wire.Digests()  # the model every site of the round gets is one blob: hashed once
         with self.cond:
             for instruction in instructions:
-                task_or_error = self._open(instruction)
-                entries.append(failed(instruction, task_or_error) if isinstance(task_or_error, str) else task_or_error)
+                entries.append(self._open(instruction, digests))
+            self.payloads_hashed += digests.computed
             self.cond.notify_all()
         tasks = [entry for entry in entries if isinstance(entry, Task)]
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         quorum = min(min_replies, len(tasks))
         try:
             for number in range(len(entries)):
@@ -123,11 +131,12 @@ class TaskBoard:
             task = self._tasks[task_id]
             if task.announced:
                 return Ack.REJECTED, f"task {task_id}: another upload of this reply is under way"
-            task.announced = True
+            task.announced, task.setback = True, None
             self.cond.notify_all()
             while task.task_id not in self._turns and task.task_id in self._tasks and not self.stopped:
                 if not is_active():
                     task.announced = False
+                    task.setback = (FailureKind.DROPPED, "it hung up while waiting for its turn to upload")
                     self.cond.notify_all()
                     return Ack.REJECTED, f"task {task_id}: the site hung up while waiting for its turn"
                 self.cond.wait(1.0)
@@ -135,12 +144,14 @@ class TaskBoard:
                 None if not self.stopped else (Ack.REJECTED, "the server is stopping")
             )
 
-    def withdraw(self, task_id: str) -> None:
-        """An admitted upload failed (malformed, or the site hung up): the task waits for a new one."""
+    def withdraw(self, task_id: str, kind: FailureKind = FailureKind.DROPPED, reason: str = "") -> None:
+        """An admitted upload failed (malformed: REJECTED; the site hung up: DROPPED): the task waits
+        for a new one, and if none comes by the deadline it fails with this kind and reason."""
         with self.cond:
             task = self._tasks.get(task_id)
             if task is not None:
                 task.announced = False
+                task.setback = (kind, reason or "its upload broke off")
                 self.cond.notify_all()
 
     def next_task(self, site: str, poll_s: float, is_active: Callable[[], bool]) -> Task | None:
@@ -253,7 +264,7 @@ class TaskBoard:
             self._turns = {t.task_id for t in following[: self.uploads]}
             self.cond.notify_all()
             while not (self.stopped or task.answered):
-                now = time.monotonic()
+                now = self.clock()
                 if now < deadline:
                     self.cond.wait(deadline - now)
                     continue
@@ -264,7 +275,7 @@ class TaskBoard:
                 if now >= closes_at:
                     break
                 self.cond.wait(closes_at - now)
-            reply = task.reply or failed(task.instruction, self._why_missing(task, timeout_s))
+            reply = task.reply or self._missing(task, timeout_s)
             task.reply = None  # handed on: the board keeps no payload
             self._turns.discard(task.task_id)
             self._close(task)
@@ -273,16 +284,18 @@ class TaskBoard:
 
     # with self.cond held ------------------------------------------------------------------------
 
-    def _open(self, instruction: Instruction) -> Task | str:
+    def _open(self, instruction: Instruction, digests: wire.Digests | None = None) -> Task | Reply:
+        """A task on the site's queue, or the failed Reply that stands for one that cannot be opened."""
         if self.stopped:
-            return "the server is stopping"
-        if instruction.site_id not in self.sites:
-            return f"site {instruction.site_id!r} is not in this server's list of allowed sites"
+            return failed(instruction, "the server is stopping", FailureKind.DROPPED)
+        if instruction.site_id not in self.sites:  # it can never connect to this server
+            reason = f"site {instruction.site_id!r} is not in this server's list of allowed sites"
+            return failed(instruction, reason, FailureKind.DROPPED)
         task_id = uuid.uuid4().hex
         try:
-            header = wire.instruction_header(instruction, task_id, self.chunk_size)
-        except wire.WireError as exc:
-            return str(exc)
+            header = wire.instruction_header(instruction, task_id, self.chunk_size, digests)
+        except wire.WireError as exc:  # the server's own instruction cannot travel
+            return failed(instruction, str(exc), FailureKind.ERROR)
         task = Task(task_id, instruction, header)
         self._tasks[task_id] = task
         self._queues[instruction.site_id].append(task)
@@ -314,20 +327,36 @@ class TaskBoard:
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
 
-    def _why_missing(self, task: Task, timeout_s: float) -> str:
+    def _missing(self, task: Task, timeout_s: float) -> Reply:
+        kind, reason = self._why_missing(task, timeout_s)
+        return failed(task.instruction, reason, kind)
+
+    def _why_missing(self, task: Task, timeout_s: float) -> tuple[FailureKind, str]:
+        """Why a task closed unanswered, as (kind, reason): the kind is what the board knows, not a guess.
+
+        TIMEOUT: the site had the instruction and sent nothing usable in time (it may be slow, or
+        dead: a site that trains holds no connection, so silence is all the server sees). DROPPED:
+        it never connected, was refused, stopped asking for work, or hung up mid-upload. REJECTED:
+        its upload arrived malformed and no good one followed.
+        """
         site = task.instruction.site_id
         if self.stopped:
-            return f"site {site}: the server stopped before the site replied"
+            return FailureKind.DROPPED, f"site {site}: the server stopped before the site replied"
         waited = f"site {site}: no reply within {timeout_s:g} s"
+        if task.setback is not None:
+            kind, why = task.setback
+            return kind, f"{waited}: {why}"
         if task.deliveries:
-            return f"{waited} (the instruction was delivered {task.deliveries} time(s))"
+            return FailureKind.TIMEOUT, f"{waited} (the instruction was delivered {task.deliveries} time(s))"
         if site in self._refused:
-            return f"{waited}; its connections were refused: {self._refused[site]}"
+            return FailureKind.DROPPED, f"{waited}; its connections were refused: {self._refused[site]}"
         if site not in self._last_seen:
-            return f"{waited}; it never connected to this server"
+            return FailureKind.DROPPED, f"{waited}; it never connected to this server"
         ago = time.monotonic() - self._last_seen[site]
-        return f"{waited}; it has not asked for work in the last {ago:.0f} s"
+        return FailureKind.DROPPED, f"{waited}; it has not asked for work in the last {ago:.0f} s"
 
 
-def failed(instruction: Instruction, reason: str) -> Reply:
-    return Reply(round=instruction.round, site_id=instruction.site_id, kind=instruction.kind, error=reason)
+def failed(instruction: Instruction, reason: str, kind: FailureKind = FailureKind.ERROR) -> Reply:
+    """The failed Reply that stands for a task no site answered (or that could not be opened)."""
+    return Reply(round=instruction.round, site_id=instruction.site_id, kind=instruction.kind, error=reason,
+                 error_kind=kind)

@@ -32,12 +32,17 @@ class WireError(ValueError):
     """A message stream that does not decode to an Instruction or Reply (order, size, digest, kind)."""
 
 
+class StreamEnded(WireError):
+    """The stream stopped before every chunk its header announced: the sender went away mid-upload."""
+
+
 # 1) converting the control fields --------------------------------------------------------------
 
 
 def instruction_header(
-    instruction: Instruction, task_id: str, chunk_size: int = CHUNK_SIZE
+    instruction: Instruction, task_id: str, chunk_size: int = CHUNK_SIZE, digests: Digests | None = None
 ) -> pb.InstructionHeader:
+    """The header of one instruction; `digests` shared between headers hashes each blob once."""
     try:
         return pb.InstructionHeader(
             task_id=task_id,
@@ -47,7 +52,8 @@ def instruction_header(
             fit=pb.FitConfig(**{k: v for k, v in asdict(instruction.fit).items() if v is not None}),
             job_hash=instruction.job_hash,
             seed=instruction.seed,
-            payloads=_payload_headers(instruction.payload, chunk_size),
+            payloads=_payload_headers(instruction.payload, chunk_size, digests),
+            keep_local=sorted(instruction.keep_local),
         )
     except (TypeError, ValueError) as exc:  # an int out of int64 range, a FitConfig field unknown here
         raise WireError(f"site {instruction.site_id}: instruction cannot be encoded: {exc}") from exc
@@ -79,6 +85,7 @@ def instruction_from_header(header: pb.InstructionHeader, payload: Mapping[DataK
         fit=_fit_config(header.fit),
         job_hash=header.job_hash,
         seed=header.seed,
+        keep_local=frozenset(header.keep_local),
     )
 
 
@@ -183,7 +190,7 @@ class Reassembler:
         payload, index = self.position
         if payload < len(self.headers):
             kind = self.headers[payload].kind
-            raise WireError(f"stream ended before chunk {payload}/{index}: payload {kind!r} is incomplete")
+            raise StreamEnded(f"stream ended before chunk {payload}/{index}: payload {kind!r} is incomplete")
         for header, buffer in zip(self.headers, self.buffers, strict=True):
             if hashlib.sha256(buffer).digest() != header.sha256:
                 raise WireError(f"payload {header.kind!r}: sha256 does not match the header")
@@ -204,15 +211,42 @@ class Reassembler:
         self.position = (payload, index)
 
 
-def _payload_headers(payload: Mapping[DataKind, bytes], chunk_size: int) -> list[pb.PayloadHeader]:
+class Digests:
+    """sha256 of payload blobs, each distinct blob hashed once however many headers carry it.
+
+    The orchestrator hands every site of a round the same encoded model (one `bytes` object), so
+    the board building a round's headers shares one Digests and hashes that model once, not once
+    per site. Blobs are known by identity; each is held while it is known, so its id cannot pass
+    to another object. Only immutable `bytes` are remembered (a bytearray may change).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[bytes, bytes]] = {}  # id(blob) -> (blob, digest)
+        self.computed = 0  # blobs hashed so far
+
+    def __call__(self, blob: bytes) -> bytes:
+        known = self._known.get(id(blob)) if type(blob) is bytes else None
+        if known is not None:
+            return known[1]
+        self.computed += 1
+        digest = hashlib.sha256(blob).digest()
+        if type(blob) is bytes:
+            self._known[id(blob)] = (blob, digest)
+        return digest
+
+
+def _payload_headers(
+    payload: Mapping[DataKind, bytes], chunk_size: int, digests: Digests | None = None
+) -> list[pb.PayloadHeader]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    digest = digests if digests is not None else Digests()
     return [
         pb.PayloadHeader(
             kind=DataKind(kind).value,
             size=len(blob),
             num_chunks=-(-len(blob) // chunk_size),
-            sha256=hashlib.sha256(blob).digest(),
+            sha256=digest(blob),
         )
         for kind, blob in payload.items()
     ]
