@@ -19,20 +19,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fedrad.codec import CodecError, decode, encode
-from fedrad.server.evaluation import ModelEvaluation
+from fedrad.server.evaluation import ModelEvaluation, exchange
 from fedrad.server.site_stats import pooled_metrics, read_stats
 from fedrad.strategies.base import GLOBAL
 from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply, SiteFailure
 
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
-
-
-def _exchange(instructions: list[Instruction], round: int, ctx) -> list[Reply]:
-    replies = ctx.transport.dispatch(instructions)
-    for instruction, reply in zip(instructions, replies, strict=True):  # booked as the site asked
-        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "received", instruction.nbytes())
-        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "sent", reply.nbytes())
-    return replies
 
 
 def _probs(reply: Reply, site_id: str, shape: tuple[int, ...] | None = None) -> np.ndarray | str:
@@ -49,7 +41,7 @@ def _probs(reply: Reply, site_id: str, shape: tuple[int, ...] | None = None) -> 
 def _query(query_site: str, sites: Sequence[str], round: int, ctx, combine: Combine) -> tuple[Reply, list[SiteFailure]]:
     """Steps 1-4 for one querying site: the scoring reply (or a failed one), and the members that failed."""
     predict, rejected = InstructionKind.PREDICT, FailureKind.REJECTED
-    (own,) = _exchange([Instruction(round, query_site, predict, {}, job_hash=ctx.job_hash)], round, ctx)
+    (own,) = exchange([Instruction(round, query_site, predict, {}, job_hash=ctx.job_hash)], round, ctx)
     if not own.ok:
         return own, []
     own_probs = _probs(own, query_site)
@@ -60,7 +52,7 @@ def _query(query_site: str, sites: Sequence[str], round: int, ctx, combine: Comb
     peers = [s for s in sites if s != query_site]
     asks = [Instruction(round, s, predict, {DataKind.RAW_DATA: images}, job_hash=ctx.job_hash) for s in peers]
     outputs, members = [own_probs], []
-    for ask, reply in zip(asks, _exchange(asks, round, ctx), strict=True):
+    for ask, reply in zip(asks, exchange(asks, round, ctx), strict=True):
         probs = _probs(reply, ask.site_id, own_probs.shape) if reply.ok else reply.error or "unknown error"
         if isinstance(probs, str):  # left out of this query's combination, and booked as its failure
             kind = reply.error_kind if not reply.ok else rejected
@@ -69,7 +61,7 @@ def _query(query_site: str, sites: Sequence[str], round: int, ctx, combine: Comb
             outputs.append(probs)
     combined = {DataKind.OUTPUTS: encode({"probs": combine(outputs)})}
     score = Instruction(round, query_site, InstructionKind.EVALUATE, combined, job_hash=ctx.job_hash)
-    (reply,) = _exchange([score], round, ctx)
+    (reply,) = exchange([score], round, ctx)
     return reply, members
 
 

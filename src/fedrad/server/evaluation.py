@@ -15,7 +15,7 @@ import numpy as np
 
 from fedrad.server.site_stats import pooled_metrics, read_stats
 from fedrad.strategies.base import GLOBAL
-from fedrad.types import DataKind, Instruction, InstructionKind, SiteFailure, Weights
+from fedrad.types import DataKind, Instruction, InstructionKind, Reply, SiteFailure, Weights
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,15 @@ class ModelEvaluation:
     pooled: dict[str, float]
     sites: dict[str, dict[str, float]]
     failures: list[SiteFailure]  # phase "evaluate": the sites whose statistics did not come, or were rejected
+
+
+def exchange(instructions: Sequence[Instruction], round: int, ctx) -> list[Reply]:
+    """Dispatch evaluation-phase instructions and book both directions, as the site asked."""
+    replies = ctx.transport.dispatch(instructions)
+    for instruction, reply in zip(instructions, replies, strict=True):
+        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "received", instruction.nbytes())
+        ctx.ledger.record_message(round, "evaluate", instruction.site_id, "sent", reply.nbytes())
+    return replies
 
 
 def evaluate_models(
@@ -45,10 +54,8 @@ def evaluate_models(
         ]
         stats, per_site, failures = [], {}, []
         what = "" if name == GLOBAL else f"model {name}: "
-        for instruction, reply in zip(instructions, ctx.transport.dispatch(instructions), strict=True):
-            site = instruction.site_id  # booked and judged as the site asked, whatever the reply claims
-            ctx.ledger.record_message(round, "evaluate", site, "received", instruction.nbytes())
-            ctx.ledger.record_message(round, "evaluate", site, "sent", reply.nbytes())
+        for instruction, reply in zip(instructions, exchange(instructions, round, ctx), strict=True):
+            site = instruction.site_id  # judged as the site asked, whatever the reply claims
             site_stats = read_stats(reply, site, ctx.task, what)  # a bad reply is this site's failure
             if isinstance(site_stats, SiteFailure):
                 failures.append(site_stats)
