@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64rad/transport/fedrad.proto\x12\x13\x66\x65\x64rad.transport.v1\"\x1e\n\x0bWorkRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"\xaa\x01\n\tFitConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x0f\n\x07prox_mu\x18\x06 \x01(\x01\x12\x10\n\x08lr_decay\x18\x07 \x01(\x01\x12\x15\n\x08patience\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_patience\"O\n\rPayloadHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nnum_chunks\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"\xe9\x01\n\x11InstructionHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12+\n\x03\x66it\x18\x05 \x01(\x0b\x32\x1e.fedrad.transport.v1.FitConfig\x12\x10\n\x08job_hash\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x34\n\x08payloads\x18\x08 \x03(\x0b\x32\".fedrad.transport.v1.PayloadHeader\x12\x12\n\nkeep_local\x18\t \x03(\t\"\xba\x02\n\x0bReplyHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12>\n\x07metrics\x18\x06 \x03(\x0b\x32-.fedrad.transport.v1.ReplyHeader.MetricsEntry\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08payloads\x18\x08 \x03(\x0b\x32\".fedrad.transport.v1.PayloadHeader\x12\x12\n\nerror_kind\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_error\"5\n\x05\x43hunk\x12\x0f\n\x07payload\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb1\x01\n\rServerMessage\x12=\n\x0binstruction\x18\x01 \x01(\x0b\x32&.fedrad.transport.v1.InstructionHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedrad.transport.v1.ChunkH\x00\x12,\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1c.fedrad.transport.v1.JobDoneH\x00\x42\x06\n\x04\x62ody\"+\n\x07JobDone\x12\x10\n\x08job_hash\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"w\n\rClientMessage\x12\x31\n\x05reply\x18\x01 \x01(\x0b\x32 .fedrad.transport.v1.ReplyHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedrad.transport.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xac\x01\n\tSubmitAck\x12\x35\n\x06status\x18\x01 \x01(\x0e\x32%.fedrad.transport.v1.SubmitAck.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\x12\x0b\n\x07PROCEED\x10\x04\x32\xae\x01\n\nFederation\x12N\n\x04Work\x12 .fedrad.transport.v1.WorkRequest\x1a\".fedrad.transport.v1.ServerMessage0\x01\x12P\n\x06Submit\x12\".fedrad.transport.v1.ClientMessage\x1a\x1e.fedrad.transport.v1.SubmitAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64rad/transport/fedrad.proto\x12\x13\x66\x65\x64rad.transport.v1\"1\n\x0bWorkRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tnum_train\x18\x02 \x01(\x04\"\xaa\x01\n\tFitConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x0f\n\x07prox_mu\x18\x06 \x01(\x01\x12\x10\n\x08lr_decay\x18\x07 \x01(\x01\x12\x15\n\x08patience\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_patience\"O\n\rPayloadHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nnum_chunks\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"\xe9\x01\n\x11InstructionHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12+\n\x03\x66it\x18\x05 \x01(\x0b\x32\x1e.fedrad.transport.v1.FitConfig\x12\x10\n\x08job_hash\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x34\n\x08payloads\x18\x08 \x03(\x0b\x32\".fedrad.transport.v1.PayloadHeader\x12\x12\n\nkeep_local\x18\t \x03(\t\"\xba\x02\n\x0bReplyHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12>\n\x07metrics\x18\x06 \x03(\x0b\x32-.fedrad.transport.v1.ReplyHeader.MetricsEntry\x12\x12\n\x05\x65rror\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x08payloads\x18\x08 \x03(\x0b\x32\".fedrad.transport.v1.PayloadHeader\x12\x12\n\nerror_kind\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_error\"5\n\x05\x43hunk\x12\x0f\n\x07payload\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb1\x01\n\rServerMessage\x12=\n\x0binstruction\x18\x01 \x01(\x0b\x32&.fedrad.transport.v1.InstructionHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedrad.transport.v1.ChunkH\x00\x12,\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1c.fedrad.transport.v1.JobDoneH\x00\x42\x06\n\x04\x62ody\";\n\x07JobDone\x12\x10\n\x08job_hash\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\"w\n\rClientMessage\x12\x31\n\x05reply\x18\x01 \x01(\x0b\x32 .fedrad.transport.v1.ReplyHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedrad.transport.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xac\x01\n\tSubmitAck\x12\x35\n\x06status\x18\x01 \x01(\x0e\x32%.fedrad.transport.v1.SubmitAck.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\x12\x0b\n\x07PROCEED\x10\x04\x32\xae\x01\n\nFederation\x12N\n\x04Work\x12 .fedrad.transport.v1.WorkRequest\x1a\".fedrad.transport.v1.ServerMessage0\x01\x12P\n\x06Submit\x12\".fedrad.transport.v1.ClientMessage\x1a\x1e.fedrad.transport.v1.SubmitAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLYHEADER_METRICSENTRY']._loaded_options = None
   _globals['_REPLYHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_WORKREQUEST']._serialized_start=54
-  _globals['_WORKREQUEST']._serialized_end=84
-  _globals['_FITCONFIG']._serialized_start=87
-  _globals['_FITCONFIG']._serialized_end=257
-  _globals['_PAYLOADHEADER']._serialized_start=259
-  _globals['_PAYLOADHEADER']._serialized_end=338
-  _globals['_INSTRUCTIONHEADER']._serialized_start=341
-  _globals['_INSTRUCTIONHEADER']._serialized_end=574
-  _globals['_REPLYHEADER']._serialized_start=577
-  _globals['_REPLYHEADER']._serialized_end=891
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=835
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=881
-  _globals['_CHUNK']._serialized_start=893
-  _globals['_CHUNK']._serialized_end=946
-  _globals['_SERVERMESSAGE']._serialized_start=949
-  _globals['_SERVERMESSAGE']._serialized_end=1126
-  _globals['_JOBDONE']._serialized_start=1128
-  _globals['_JOBDONE']._serialized_end=1171
-  _globals['_CLIENTMESSAGE']._serialized_start=1173
-  _globals['_CLIENTMESSAGE']._serialized_end=1292
-  _globals['_SUBMITACK']._serialized_start=1295
-  _globals['_SUBMITACK']._serialized_end=1467
-  _globals['_SUBMITACK_STATUS']._serialized_start=1379
-  _globals['_SUBMITACK_STATUS']._serialized_end=1467
-  _globals['_FEDERATION']._serialized_start=1470
-  _globals['_FEDERATION']._serialized_end=1644
+  _globals['_WORKREQUEST']._serialized_end=103
+  _globals['_FITCONFIG']._serialized_start=106
+  _globals['_FITCONFIG']._serialized_end=276
+  _globals['_PAYLOADHEADER']._serialized_start=278
+  _globals['_PAYLOADHEADER']._serialized_end=357
+  _globals['_INSTRUCTIONHEADER']._serialized_start=360
+  _globals['_INSTRUCTIONHEADER']._serialized_end=593
+  _globals['_REPLYHEADER']._serialized_start=596
+  _globals['_REPLYHEADER']._serialized_end=910
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=854
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=900
+  _globals['_CHUNK']._serialized_start=912
+  _globals['_CHUNK']._serialized_end=965
+  _globals['_SERVERMESSAGE']._serialized_start=968
+  _globals['_SERVERMESSAGE']._serialized_end=1145
+  _globals['_JOBDONE']._serialized_start=1147
+  _globals['_JOBDONE']._serialized_end=1206
+  _globals['_CLIENTMESSAGE']._serialized_start=1208
+  _globals['_CLIENTMESSAGE']._serialized_end=1327
+  _globals['_SUBMITACK']._serialized_start=1330
+  _globals['_SUBMITACK']._serialized_end=1502
+  _globals['_SUBMITACK_STATUS']._serialized_start=1414
+  _globals['_SUBMITACK_STATUS']._serialized_end=1502
+  _globals['_FEDERATION']._serialized_start=1505
+  _globals['_FEDERATION']._serialized_end=1679
 # @@protoc_insertion_point(module_scope)

@@ -9,10 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkRequest(_message.Message):
-    __slots__ = ("site_id",)
+    __slots__ = ("site_id", "num_train")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_TRAIN_FIELD_NUMBER: _ClassVar[int]
     site_id: str
-    def __init__(self, site_id: _Optional[str] = ...) -> None: ...
+    num_train: int
+    def __init__(self, site_id: _Optional[str] = ..., num_train: _Optional[int] = ...) -> None: ...
 
 class FitConfig(_message.Message):
     __slots__ = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "prox_mu", "lr_decay", "patience")
@@ -118,12 +120,14 @@ class ServerMessage(_message.Message):
     def __init__(self, instruction: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., done: _Optional[_Union[JobDone, _Mapping]] = ...) -> None: ...
 
 class JobDone(_message.Message):
-    __slots__ = ("job_hash", "reason")
+    __slots__ = ("job_hash", "reason", "failed")
     JOB_HASH_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     job_hash: str
     reason: str
-    def __init__(self, job_hash: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    failed: bool
+    def __init__(self, job_hash: _Optional[str] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
     __slots__ = ("reply", "chunk")
