@@ -11,9 +11,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first, pinned: the CPU wheel on this machine's disk. A bare `torch` would pull a CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+# The rest under constraints.txt (torch==2.13.0): Opacus and other torch add-ons keep this torch.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
