@@ -150,6 +150,31 @@ class EvaluationConfig(_Strict):
     every: int = Field(1, ge=1)  # evaluate every N rounds (and always after the last)
 
 
+class PrivacyConfig(_Strict):
+    """Differential privacy (docs/privacy.md); `mode: none` (the default) is off.
+
+    `local`: DP-SGD at every site (Opacus: per-sample clipping to `max_grad_norm`, Gaussian noise,
+    Poisson sampling); `epsilon` is each site's budget for the whole job at `delta`, and the noise
+    is calibrated so that the planned job fits it. `central`: DP-FedAvg at the server (each site's
+    update clipped to `max_grad_norm`, Gaussian noise on the aggregate); `epsilon` is the
+    federation's user-level (here: site-level) budget. Give `noise_multiplier` instead of
+    `epsilon` to fix the noise and have the epsilon spent reported.
+    """
+
+    mode: Literal["none", "local", "central"] = "none"
+    epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    noise_multiplier: float | None = Field(None, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"  # Opacus' accountants (local mode)
+
+    @model_validator(mode="after")
+    def _budget_or_noise(self) -> PrivacyConfig:
+        if self.mode != "none" and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(f"privacy mode '{self.mode}' needs exactly one of epsilon and noise_multiplier")
+        return self
+
+
 class JobConfig(_Strict):
     name: str = "fedrad-job"
     seed: int = 0
@@ -158,6 +183,7 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig = registry.get("fedavg").section()
     evaluation: EvaluationConfig = EvaluationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     # The folder of the job YAML it was read from (load_config): where relative data.sites are.
     # Not a field: the job hash, which every site approves, is of the content, not of where it lies.
     _folder: Path | None = PrivateAttr(None)
