@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedrad.codec import encode
-from fedrad.server.site_stats import pooled_metrics, read_stats
+from fedrad.server.site_stats import MAX_STAT, pooled_metrics, read_stats
 from fedrad.tasks.classification import ClassificationTask
 from fedrad.tasks.segmentation import SegmentationTask
 from fedrad.types import DataKind, FailureKind, InstructionKind, Reply, SiteFailure
@@ -63,3 +63,39 @@ def test_segmentation_statistics_may_carry_float_dice_sums_but_not_nan():
     bad = good | {"image_dice_sum": np.array([np.nan])}
     failure = read_stats(_reply({DataKind.METRICS: encode(bad)}), "s1", task)
     assert isinstance(failure, SiteFailure) and "'image_dice_sum': 1 non-finite" in failure.reason
+
+
+def _failure(payload: dict, task=TASK) -> SiteFailure:
+    failure = read_stats(_reply(payload), "s1", task)
+    assert isinstance(failure, SiteFailure) and failure.kind == FailureKind.REJECTED and failure.phase == "evaluate"
+    return failure
+
+
+def test_counts_so_large_that_the_sites_sum_could_overflow_are_rejected():
+    huge = np.full((2, 2), MAX_STAT + 1, np.int64)
+    assert "'confusion': 4 values above" in _failure({DataKind.METRICS: encode(_stats(confusion=huge))}).reason
+    top = np.full((2, 2), 2**64 - 1, np.uint64)  # as float64 this is 2**64: still counted, and refused
+    assert "'confusion': 4 values above" in _failure({DataKind.METRICS: encode(_stats(confusion=top))}).reason
+    dice = SegmentationTask().empty_stats() | {"image_dice_sum": np.array([1e308])}
+    assert "'image_dice_sum': 1 values above" in _failure({DataKind.METRICS: encode(dice)}, SegmentationTask()).reason
+
+
+def test_unsigned_or_narrow_counts_come_back_in_the_tasks_dtypes():
+    stats = _stats()
+    narrow = {name: array.astype(np.uint16) for name, array in stats.items()}
+    back = read_stats(_reply({DataKind.METRICS: encode(narrow)}), "s1", TASK)
+    assert not isinstance(back, SiteFailure)
+    assert {name: a.dtype for name, a in back.items()} == {name: a.dtype for name, a in TASK.empty_stats().items()}
+    assert pooled_metrics(TASK, [back, stats]) == pooled_metrics(TASK, [stats, stats])
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        (10**9).to_bytes(8, "little") + b"{}",  # a header far larger than the blob
+        b'H\x00\x00\x00\x00\x00\x00\x00{"confusion":{"dtype":"I64","shape":[1e400],"data_offsets":[0,0]}}'.ljust(80),
+        (200_008).to_bytes(8, "little") + b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_hostile_metrics_bytes_are_unreadable_metrics_not_an_exception(blob):
+    assert "unreadable metrics" in _failure({DataKind.METRICS: blob}).reason

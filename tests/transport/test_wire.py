@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -162,3 +163,110 @@ def test_a_blob_in_many_headers_is_hashed_once_and_a_changeable_one_each_time() 
     changeable[0] = ord("x")
     assert digests(changeable) == hashlib.sha256(b"xbc").digest() != first
     assert digests.computed == 1 + len(controls) + 2
+
+
+def _announcement(size: int, kind: str = "weights", num_chunks: int | None = None) -> pb.PayloadHeader:
+    chunks = -(-size // wire.CHUNK_SIZE) if num_chunks is None else num_chunks
+    return pb.PayloadHeader(kind=kind, size=size, num_chunks=chunks, sha256=b"\x00" * 32)
+
+
+def _held_while(build) -> int:
+    """The most bytes Python allocated while `build()` ran (tracemalloc: deterministic, no RSS)."""
+    tracemalloc.start()
+    try:
+        kept = build()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del kept
+    return peak
+
+
+def test_a_gigabyte_announced_with_no_chunks_costs_under_a_mebibyte() -> None:
+    def announce_and_stop() -> wire.Reassembler:
+        reassembler = wire.Reassembler([_announcement(1 << 30)])
+        with pytest.raises(wire.StreamEnded):
+            reassembler.read(iter([]))
+        return reassembler
+
+    assert _held_while(announce_and_stop) < 1 << 20
+
+
+def test_a_buffer_grows_with_its_chunks_and_ends_exactly_its_size() -> None:
+    # Prepare: a 10,000-byte payload in 1,000-byte chunks
+    messages = _messages(size=10_000, chunk_size=1000)
+    reassembler = wire.Reassembler(messages[0].instruction.payloads)
+
+    # Execute, and Assert: never more than twice what arrived; exactly the payload at the end
+    for arrived, message in enumerate(messages[1:], start=1):
+        reassembler.add(message.chunk)
+        assert arrived * 1000 <= len(reassembler.buffers[0]) <= 2 * arrived * 1000
+    (payload,) = reassembler.finish().values()
+    assert type(payload) is bytearray and len(payload) == 10_000
+
+
+def test_an_announcement_above_its_kinds_limit_is_refused_before_anything_is_held() -> None:
+    def refuse() -> None:
+        refusal = "payload 'weights' announces 1073741824 bytes, above its limit of 1000"
+        with pytest.raises(wire.WireError, match=refusal):
+            wire.Reassembler([_announcement(1 << 30)], limits={"weights": 1000})
+
+    assert _held_while(refuse) < 1 << 20
+
+
+def _reply_messages(payload: dict[DataKind, bytes]) -> list[pb.ClientMessage]:
+    reply = Reply(round=1, site_id="hospital-b", kind=InstructionKind.FIT, payload=payload, num_examples=4)
+    return list(wire.reply_messages(reply, task_id="t-4", chunk_size=100))
+
+
+def test_a_kind_the_limits_do_not_name_is_not_expected_in_this_reply() -> None:
+    messages = _reply_messages({DataKind.WEIGHTS: b"w" * 300, DataKind.OUTPUTS: b"o" * 10})
+    with pytest.raises(wire.WireError, match="payload 'outputs' is not expected in this reply"):
+        wire.read_reply(iter(messages), limits={DataKind.WEIGHTS: 1000})
+
+
+def test_a_reply_within_its_limits_reads_back_whole() -> None:
+    messages = _reply_messages({DataKind.WEIGHTS: b"w" * 300, DataKind.CONTROL: b"c" * 10})
+    _, reply = wire.read_reply(iter(messages), limits={"weights": 300, "control_variates": 10})
+    assert reply.payload == {DataKind.WEIGHTS: b"w" * 300, DataKind.CONTROL: b"c" * 10}
+    assert all(type(blob) is bytearray for blob in reply.payload.values())  # writable views for the server
+    with pytest.raises(wire.WireError, match="payload 'weights' announces 300 bytes, above its limit of 299"):
+        wire.read_reply(iter(messages), limits={"weights": 299, "control_variates": 10})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda h: setattr(h.payloads[0], "sha256", b"short"), "a sha256 of 5 bytes"),
+        (lambda h: setattr(h.payloads[0], "num_chunks", 2**32 - 1), "chunks cannot carry 300 bytes"),
+        (lambda h: setattr(h.payloads[0], "size", 2**64 - 1), "above the limit"),
+        (lambda h: setattr(h.payloads[0], "kind", "x" * 10_000), "unknown payload kind 'xxxx"),
+        (lambda h: setattr(h, "kind", "\x00"), "unknown instruction kind"),
+        (lambda h: h.payloads.extend([h.payloads[0]] * 7), "7 payloads|8 payloads"),
+    ],
+)
+def test_a_hostile_reply_header_is_refused_before_any_chunk(change, reason) -> None:
+    messages = _reply_messages({DataKind.WEIGHTS: b"w" * 300})
+    change(messages[0].reply)
+    with pytest.raises(wire.WireError, match=reason):
+        wire.read_reply(iter(messages[:1]))  # no chunk read: refused from the header alone
+
+
+@pytest.mark.parametrize(
+    "message",
+    [pb.ClientMessage(), pb.ClientMessage(chunk=pb.Chunk(payload=2**32 - 1, index=2**32 - 1, data=b"x"))],
+)
+def test_an_empty_message_or_a_chunk_of_no_payload_is_a_wire_error(message) -> None:
+    messages = _reply_messages({DataKind.WEIGHTS: b"w" * 300})
+    with pytest.raises(wire.WireError):
+        wire.read_reply(iter([messages[0], message, *messages[1:]]))
+    with pytest.raises(wire.WireError):
+        wire.read_reply(iter([message, *messages]))
+
+
+def test_odd_metrics_and_an_unknown_error_kind_pass_the_wire_for_the_orchestrator_to_judge() -> None:
+    messages = _reply_messages({})
+    messages[0].reply.metrics["loss"] = float("nan")
+    messages[0].reply.error_kind = "\xff" * 100  # without an error: ignored
+    _, reply = wire.read_reply(iter(messages))
+    assert np.isnan(reply.metrics["loss"]) and reply.error is None and reply.error_kind is None

@@ -37,6 +37,7 @@ def sum_stats(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _auc_from_hist(pos: np.ndarray, neg: np.ndarray) -> float:
     """Mann-Whitney AUC from two score histograms over the same bins; ties count one half."""
+    pos, neg = pos.astype(np.float64), neg.astype(np.float64)  # products of int64 counts could overflow
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")

@@ -3,8 +3,13 @@
 A message stream is `header, chunk, chunk, ...`: the header lists every payload's kind, size,
 chunk count and sha256; the chunks follow payload by payload, in order. Chunks are 1 MiB by
 default, so no single gRPC message comes near gRPC's 4 MB limit whatever the model's size.
-The reader checks order, sizes and digests, and refuses payloads above a size bound before
-buffering them.
+The reader treats every message as hostile bytes: whatever a stream holds, `read_instruction` and
+`read_reply` return or raise WireError (StreamEnded when the stream stops early), nothing else.
+It checks each header before a byte is buffered (known kinds, each once; sizes within the bound
+for all payloads, `max_bytes`, and, when `limits` is given, within each kind's own limit; chunk
+counts that can carry the sizes; 32-byte digests), then the chunks' order and sizes, then the
+digests. A buffer grows only as its chunks arrive, never to what was merely announced: two
+150-byte headers announcing 1 GiB each cost nothing until a gigabyte actually comes.
 
     messages = list(instruction_messages(instruction, task_id="t1"))
     task_id, same = read_instruction(iter(messages))
@@ -127,45 +132,69 @@ def reply_messages(reply: Reply, task_id: str, chunk_size: int = CHUNK_SIZE) -> 
 
 
 def read_instruction(
-    messages: Iterator[pb.ServerMessage], max_bytes: int = MAX_PAYLOAD_BYTES
+    messages: Iterator[pb.ServerMessage], max_bytes: int = MAX_PAYLOAD_BYTES, limits: Mapping[str, int] | None = None
 ) -> tuple[str, Instruction] | None:
-    """(task_id, Instruction) from a stream; None for an empty stream (no work this time)."""
+    """(task_id, Instruction) from a stream; None for an empty stream (no work); `limits` as in Reassembler."""
     first = next(messages, None)
     if first is None:
         return None
     if first.WhichOneof("body") != "instruction":
         raise WireError("instruction stream does not start with an instruction header")
     header = first.instruction
-    payload = Reassembler(header.payloads, max_bytes).read(messages)
+    _kind(header.kind)  # refused before a byte is buffered
+    payload = Reassembler(header.payloads, max_bytes, limits, what="instruction").read(messages)
     return header.task_id, instruction_from_header(header, payload)
 
 
-def read_reply(messages: Iterator[pb.ClientMessage], max_bytes: int = MAX_PAYLOAD_BYTES) -> tuple[str, Reply]:
-    """(task_id, Reply) from a stream whose first message is the reply header."""
+def read_reply(
+    messages: Iterator[pb.ClientMessage], max_bytes: int = MAX_PAYLOAD_BYTES, limits: Mapping[str, int] | None = None
+) -> tuple[str, Reply]:
+    """(task_id, Reply) from a stream whose first message is the reply header; `limits` as in Reassembler.
+
+    The reply's metrics come as sent (NaN included: judging them is the orchestrator's business).
+    """
     first = next(messages, None)
     if first is None or first.WhichOneof("body") != "reply":
         raise WireError("reply stream does not start with a reply header")
     header = first.reply
-    payload = Reassembler(header.payloads, max_bytes).read(messages)
+    _kind(header.kind)  # refused before a byte is buffered
+    payload = Reassembler(header.payloads, max_bytes, limits).read(messages)
     return header.task_id, reply_from_header(header, payload)
 
 
 class Reassembler:
-    """Rebuilds the payloads a header announced from chunks that must arrive in order."""
+    """Rebuilds the payloads a header announced from chunks that must arrive in order.
 
-    def __init__(self, headers: Iterable[pb.PayloadHeader], max_bytes: int = MAX_PAYLOAD_BYTES):
+    `max_bytes` bounds all payloads together; `limits`, when given, maps each DataKind value this
+    message may carry to the most bytes it may announce (a kind not in it is refused). Both are
+    checked before anything is buffered. Each buffer grows only as chunks arrive, doubling up to
+    the announced size (so it never holds more than about twice what came, and ends exactly the
+    payload's size, without the slack a bytearray keeps when it grows by appending).
+
+        Reassembler(header.payloads, limits={"weights": 10 << 20}).read(messages)
+    """
+
+    def __init__(
+        self,
+        headers: Iterable[pb.PayloadHeader],
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        limits: Mapping[str, int] | None = None,
+        *,
+        what: str = "reply",  # the message, for the refusal of an unexpected kind
+    ):
         self.headers = list(headers)
+        if len(self.headers) > len(DataKind):
+            raise WireError(f"{len(self.headers)} payloads in the header, more than the {len(DataKind)} kinds")
         kinds = [_data_kind(h.kind) for h in self.headers]
         if len(set(kinds)) != len(kinds):
             raise WireError(f"payload kinds repeat in the header: {[k.value for k in kinds]}")
+        for kind, h in zip(kinds, self.headers, strict=True):
+            _check_announcement(kind, h, limits, what)
         total = sum(h.size for h in self.headers)
         if total > max_bytes:
             raise WireError(f"payloads announce {total} bytes, above the limit of {max_bytes}")
-        for h in self.headers:
-            if (h.size == 0) != (h.num_chunks == 0) or h.num_chunks > h.size:
-                raise WireError(f"payload {h.kind!r}: {h.num_chunks} chunks cannot carry {h.size} bytes")
         self.kinds = kinds
-        self.buffers = [bytearray(h.size) for h in self.headers]  # allocated once: growing would copy
+        self.buffers = [bytearray() for _ in self.headers]  # grown as chunks arrive (see _make_room)
         self.filled = [0 for _ in self.headers]
         self.position = (0, 0)  # (payload, chunk) expected next
         self._skip_complete()
@@ -181,6 +210,7 @@ class Reassembler:
         end = start + len(chunk.data)
         if not chunk.data or end > header.size or (last and end != header.size):
             raise WireError(f"payload {header.kind!r}: chunk {index} leaves {end} of {header.size} bytes")
+        self._make_room(payload, end)
         self.buffers[payload][start:end] = chunk.data
         self.filled[payload] = end
         self.position = (payload + 1, 0) if last else (payload, index + 1)
@@ -204,11 +234,37 @@ class Reassembler:
             self.add(message.chunk)
         return self.finish()
 
+    def _make_room(self, payload: int, end: int) -> None:
+        """Grow payload's buffer to hold `end` bytes: to the smallest size >> k that does.
+
+        Each step about doubles the buffer, which a bytearray resizes to exactly the size asked
+        (it over-allocates only small steps), and the last step is the announced size itself.
+        """
+        buffer, size = self.buffers[payload], self.headers[payload].size
+        if end <= len(buffer):
+            return
+        target = size
+        while target >> 1 >= end:
+            target >>= 1
+        buffer.extend(bytes(target - len(buffer)))  # bytes(n) is calloc'd: no page is touched twice
+
     def _skip_complete(self) -> None:  # empty payloads have no chunks to wait for
         payload, index = self.position
         while payload < len(self.headers) and self.headers[payload].num_chunks == 0:
             payload, index = payload + 1, 0
         self.position = (payload, index)
+
+
+def _check_announcement(kind: DataKind, h: pb.PayloadHeader, limits: Mapping[str, int] | None, what: str) -> None:
+    """One payload header, before anything is buffered: expected, within its limit, chunks that fit, a digest."""
+    if limits is not None and kind.value not in limits:
+        raise WireError(f"payload {kind.value!r} is not expected in this {what}")
+    if limits is not None and h.size > limits[kind.value]:
+        raise WireError(f"payload {kind.value!r} announces {h.size} bytes, above its limit of {limits[kind.value]}")
+    if (h.size == 0) != (h.num_chunks == 0) or h.num_chunks > h.size:
+        raise WireError(f"payload {kind.value!r}: {h.num_chunks} chunks cannot carry {h.size} bytes")
+    if len(h.sha256) != hashlib.sha256().digest_size:
+        raise WireError(f"payload {kind.value!r}: a sha256 of {len(h.sha256)} bytes, not 32")
 
 
 class Digests:
@@ -282,11 +338,11 @@ def _kind(value: str) -> InstructionKind:
     try:
         return InstructionKind(value)
     except ValueError:
-        raise WireError(f"unknown instruction kind {value!r}") from None
+        raise WireError(f"unknown instruction kind {value[:64]!r}") from None
 
 
 def _data_kind(value: str) -> DataKind:
     try:
         return DataKind(value)
     except ValueError:
-        raise WireError(f"unknown payload kind {value!r}") from None
+        raise WireError(f"unknown payload kind {value[:64]!r}") from None
