@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
+import grpc
+
+from fedrad.pki.kits import SiteKit
+from fedrad.transport import fedrad_pb2 as pb
+from fedrad.transport import wire
 from fedrad.transport.grpc_client import GrpcClient
 from fedrad.transport.taskboard import TaskBoard
 from fedrad.types import DataKind, Instruction, Reply
@@ -145,3 +150,29 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+@contextmanager
+def raw_channel(kit: SiteKit, port: int) -> Iterator[grpc.Channel]:
+    """A site's own mTLS channel to a server on 127.0.0.1, for calls built by hand from the wire module."""
+    credentials = grpc.ssl_channel_credentials(kit.ca_pem, kit.key_pem, kit.cert_pem)
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        yield channel
+
+
+def work_call(channel: grpc.Channel, site_id: str, num_train: int = 0):
+    """A raw Work call (a long poll): iterate it for the instruction's messages."""
+    work = channel.unary_stream(wire.WORK_METHOD, pb.WorkRequest.SerializeToString, pb.ServerMessage.FromString)
+    return work(pb.WorkRequest(site_id=site_id, num_train=num_train))
+
+
+def submit_call(channel: grpc.Channel, messages: Iterator[pb.ClientMessage]):
+    """A raw Submit call streaming `messages`: iterate it for the server's acknowledgements."""
+    submit = channel.stream_stream(wire.SUBMIT_METHOD, pb.ClientMessage.SerializeToString, pb.SubmitAck.FromString)
+    return submit(messages)
+
+
+def held(messages: Sequence[pb.ClientMessage], release: threading.Event) -> Iterator[pb.ClientMessage]:
+    """`messages`, then a stream held open (no more bytes, no end) until the test sets `release`."""
+    yield from messages
+    release.wait(timeout=60)

@@ -8,8 +8,16 @@ from dataclasses import replace
 
 import pytest
 
-from fedrad.transport.taskboard import Ack, Task, TaskBoard
-from fedrad.types import DataKind, Instruction, InstructionKind, Reply
+from fedrad.transport.taskboard import (
+    HEADER_SLACK_BYTES,
+    METRICS_BYTES,
+    Ack,
+    SiteLimits,
+    Task,
+    TaskBoard,
+    reply_limits,
+)
+from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply
 
 from .helpers import Background, ManualClock, collecting, wait_until
 
@@ -25,7 +33,7 @@ def _reply(task: Task, **changes: object) -> Reply:
     return replace(reply, **changes)
 
 
-def _board(sites: set[str], **options: int) -> tuple[TaskBoard, ManualClock]:
+def _board(sites: set[str], **options: object) -> tuple[TaskBoard, ManualClock]:
     clock = ManualClock()
     return TaskBoard(sites, clock=clock, **options), clock
 
@@ -211,3 +219,142 @@ def test_the_model_sent_to_every_site_of_a_round_is_hashed_once() -> None:
     assert headers["d"].payloads[0].sha256 == hashlib.sha256(other).digest()
     stream.close()  # the round is abandoned: its tasks close
     assert all(entry["tasks"] == [] for entry in board.snapshot().values())
+
+
+# Bounded resources per site: quorum, upload windows, one poll and one upload, gone sites --------
+
+
+def test_an_error_reply_does_not_count_toward_the_quorum() -> None:
+    # Prepare: a replies, b answers with an error, c is still training; the quorum is 2
+    board, clock = _board({"a", "b", "c"})
+    instructions = [_instruction("a"), _instruction("b"), _instruction("c")]
+    with collecting(board, instructions, timeout_s=1, min_replies=2, grace_s=30) as replies:
+        task_a, task_b, task_c = _pull(board, "a"), _pull(board, "b"), _pull(board, "c")
+        assert board.record("a", task_a.task_id, _reply(task_a)) is None
+        assert board.record("b", task_b.task_id, _reply(task_b, error="site b: out of memory")) is None
+
+        # Execute: the deadline passes with one ok reply of the 2 the quorum needs
+        clock.advance(1, board)
+        clock.wait_looked()
+
+        # Assert: c's task is still open, inside the grace: the error reply was not counted as heard
+        assert board.snapshot()["c"]["tasks"], "c's task closed at the deadline: the error reply skipped the quorum"
+        assert board.record("c", task_c.task_id, _reply(task_c)) is None
+    assert [r.ok for r in replies] == [True, False, True]
+
+
+def test_a_held_upload_does_not_make_the_sites_behind_it_late() -> None:
+    # Prepare: a announces and holds its upload; b announces before the deadline and waits for its turn
+    board, clock = _board({"a", "b"}, limits=SiteLimits(upload_timeout_s=5))
+    with collecting(board, [_instruction("a"), _instruction("b")], timeout_s=10) as replies:
+        task_a, task_b = _pull(board, "a"), _pull(board, "b")
+        assert _admit(board, task_a) is None  # a's turn: PROCEED, and then a sends nothing
+        site_b = Background(lambda: _admit(board, task_b))
+        assert wait_until(lambda: _announced(board, "b"))
+
+        # Execute: a's window (5 s from its turn) ends; b's turn comes, and b's upload takes far past
+        # the round's deadline plus another deadline (what the old rule would have allowed it)
+        clock.advance(5, board)
+        assert site_b.result() is None
+        clock.advance(30, board)
+        assert board.record("b", task_b.task_id, _reply(task_b, num_examples=2)) is None
+
+    # Assert: a failed for holding its upload; b, whose own window had not ended, is on time
+    assert replies[0].error_kind == FailureKind.TIMEOUT
+    assert replies[0].error == "site a: its upload did not complete within 5 s of its turn"
+    assert replies[1].ok and replies[1].num_examples == 2
+
+
+def test_a_task_that_closes_cancels_the_upload_streaming_for_it() -> None:
+    board, clock = _board({"a"}, limits=SiteLimits(upload_timeout_s=5))
+    cancelled = []
+    with collecting(board, [_instruction("a")], timeout_s=10) as replies:
+        task = _pull(board, "a")
+        verdict = board.admit("a", task.task_id, "a", 4, "fit", lambda: True, [("weights", 10)],
+                              cancel=lambda: cancelled.append(task.task_id))
+        assert verdict is None
+        clock.advance(5, board)
+    assert cancelled == [task.task_id] and replies[0].error_kind == FailureKind.TIMEOUT
+
+
+def test_a_reply_announcing_more_than_its_instruction_implies_is_refused_unread() -> None:
+    board, clock = _board({"a"})
+    with collecting(board, [_instruction("a")], timeout_s=1) as replies:
+        task = _pull(board, "a")
+        status, reason = board.admit("a", task.task_id, "a", 4, "fit", lambda: True, [("weights", 1 << 30)])
+        assert status == Ack.REJECTED and f"above the {10 + HEADER_SLACK_BYTES} this reply may carry" in reason
+        status, reason = board.admit("a", task.task_id, "a", 4, "fit", lambda: True, [("raw_data", 10)])
+        assert status == Ack.REJECTED and "'raw_data' is not part of a fit reply" in reason
+        clock.advance(1, board)
+    assert replies[0].error_kind == FailureKind.REJECTED and "'raw_data' is not part" in replies[0].error
+
+
+def test_each_reply_kind_has_its_limits_from_the_instruction_sent() -> None:
+    fit = Instruction(0, "a", FIT, {DataKind.WEIGHTS: b"w" * 100, DataKind.CONTROL: b"c" * 50})
+    assert reply_limits(fit) == {"weights": 100 + HEADER_SLACK_BYTES, "control_variates": 50 + HEADER_SLACK_BYTES}
+    evaluate = Instruction(0, "a", InstructionKind.EVALUATE, {DataKind.WEIGHTS: b"w"})
+    assert reply_limits(evaluate) == {"metrics": METRICS_BYTES}
+    query = Instruction(0, "a", InstructionKind.PREDICT, {DataKind.RAW_DATA: b"q"})
+    assert reply_limits(query, max_payload_bytes=7) == {"outputs": 7}
+    assert reply_limits(replace(query, payload={}), max_payload_bytes=7) == {"outputs": 7, "raw_data": 7}
+
+
+def test_a_newer_poll_from_a_site_ends_its_previous_one() -> None:
+    board, _ = _board({"a"})
+    first = Background(lambda: board.next_task("a", poll_s=60, is_active=lambda: True))
+    assert wait_until(lambda: board.snapshot()["a"]["polling"])
+    second = Background(lambda: board.next_task("a", poll_s=0.01, is_active=lambda: True))
+    assert first.result() is None  # ended at once, long before its 60 s
+    assert second.result() is None
+
+
+def test_a_second_submission_from_a_site_is_refused_while_one_is_under_way() -> None:
+    board, _ = _board({"a", "b"})
+    assert board.begin_submission("a") is None
+    assert board.begin_submission("a") == (Ack.REJECTED, "another upload from site a is under way")
+    assert board.begin_submission("b") is None  # per site
+    board.end_submission("a")
+    assert board.begin_submission("a") is None
+
+
+def test_known_gone_sites_cost_no_deadline() -> None:
+    # Prepare: a was refused; b polled long ago; c never connected; d trains (delivered, silent); e polls now
+    board, clock = _board(set("abcde"), limits=SiteLimits(gone_after_s=30))
+    board.refused("a", "the certificate of 'a' (serial 1f) is revoked")
+    board.next_task("b", poll_s=0.0, is_active=lambda: True)
+    with collecting(board, [_instruction("d")], timeout_s=1):
+        _pull(board, "d")
+        clock.advance(1, board)
+    poll_e = Background(lambda: board.next_task("e", poll_s=60, is_active=lambda: True))
+    assert wait_until(lambda: board.snapshot()["e"]["polling"])
+    clock.advance(40, board)
+
+    # Execute: a round opens for all five; the clock will not move again
+    stream = board.stream([_instruction(site) for site in "abcde"], timeout_s=600)
+    failures = [next(stream)[1] for _ in range(3)]  # a, b, c: at once, with no deadline passed
+
+    # Assert: each gone site is a DROPPED reply saying why; d (training) and e (polling) are waited for
+    assert [(r.site_id, r.error_kind) for r in failures] == [(s, FailureKind.DROPPED) for s in "abc"]
+    assert failures[0].error == "site a: not waited for: its last call was refused: the certificate of 'a' " \
+                                "(serial 1f) is revoked"
+    assert failures[1].error == "site b: not waited for: no contact for 41 s"
+    assert failures[2].error == "site c: not waited for: it has not connected in the 41 s this server has run"
+    assert poll_e.result() is not None  # e is handed its task
+    assert [len(board.snapshot()[site]["tasks"]) for site in "de"] == [1, 1]
+    stream.close()
+
+
+def test_a_sites_declared_examples_are_pinned_at_the_first_declaration() -> None:
+    board, _ = _board({"a", "b"})
+    board.declare("a", 0)  # "not declared"
+    board.declare("a", 120)
+    board.declare("a", 9000)  # a later, different count is noted, not believed
+    assert board.declared("a") == 120 and board.declared("b") is None
+    entry = board.snapshot()["a"]
+    assert (entry["declared_examples"], entry["declared_changed"]) == (120, 9000)
+
+
+def test_the_end_of_the_job_carries_whether_it_failed() -> None:
+    board, _ = _board({"a"})
+    board.finish("hash", "quorum not met", failed=True)
+    assert board.tell_done("a") == ("hash", "quorum not met", True)

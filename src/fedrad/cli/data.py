@@ -83,7 +83,7 @@ def check_site(path: Path, k: int | None) -> int:
     try:
         site = load_site_file(path)
     except SiteDataConfigError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     if k is not None:
         site = site.model_copy(update={"data": site.data.model_copy(update={"suppress_below": k})})
@@ -92,7 +92,7 @@ def check_site(path: Path, k: int | None) -> int:
     try:
         data, skipped = read_source(site.data, site.site_id)
     except ValueError as exc:  # no usable data, a missing folder or label column
-        errors.print(f"error: site {site.site_id}: {exc}", markup=False, highlight=False)
+        errors.print(f"error: site {site.site_id}: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     _print_skipped(skipped)
     card = [[key, str(value)] for key, value in data.card.items()]

@@ -11,7 +11,7 @@ import logging
 import sys
 import zlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,13 +23,16 @@ from fedrad.pki.provision import ProvisionError
 from fedrad.run.summary import exit_code
 from fedrad.server.status import read_status
 
+if TYPE_CHECKING:
+    from fedrad.transport.grpc_client import GrpcClient
+
 console = Console(width=None if sys.stdout.isatty() else 160)  # piped (a log, `watch`): the whole table
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 Folder = Annotated[Path, typer.Option(help="a kit folder written by `fedrad provision`")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"error: {message}", markup=False, highlight=False)
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -136,7 +139,17 @@ def client(
         Path | None, typer.Option(help="this site's state file (default: .fedrad-state/ beside the data YAML)")
     ] = None,
 ) -> None:
-    """Run this hospital's site: pull work from the server, train and evaluate locally, reply."""
+    """Run this hospital's site: pull work from the server, train and evaluate locally, reply.
+
+    Retries a server it cannot reach, forever. Exit status (docs/deploy.md, section 10):
+    0 the job finished (or Ctrl-C);
+    1 the kit cannot be read;
+    2 a bad job YAML, data YAML, state file or option;
+    3 refused before dialing (site.crt expired, of another CA or site),
+      at the TLS handshake (3 times in a row), or as revoked / not allowed;
+    4 the server reports that the job failed;
+    5 the server ended another job than the one this site approved."""
+    from fedrad.pki.certs import check_site_cert
     from fedrad.pki.kits import load_site_kit
     from fedrad.run.join import client_site
     from fedrad.run.serve import DeployError
@@ -148,23 +161,46 @@ def client(
         raise _fail(f"{job}: job hash {job_hash} does not match the approved {expect_hash}")
     _logging()
     try:
+        backoff = Backoff(base_s=min(0.5, backoff_cap), cap_s=backoff_cap)
+    except ValueError as exc:
+        raise _fail(f"--backoff-cap: {exc}") from None
+    try:
         site_kit = load_site_kit(kit)
+    except KitError as exc:
+        raise _fail(str(exc), 1) from None
+    try:  # what the server's TLS handshake would refuse, said here, before dialing
+        check_site_cert(site_kit.cert_pem, site_kit.ca_pem, site_kit.site_id, str(kit / "site.crt"))
+    except ValueError as exc:
+        raise _fail(f"refused before dialing: {exc}; ask the project's coordinator for a new kit", 3) from None
+    try:
         site = client_site(config, site_kit, data, state)
-    except (KitError, DeployError, ValueError) as exc:
+    except (DeployError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"site {site_kit.site_id}: job {config.name} hash {job_hash}; only this job will run here")
     seed = zlib.crc32(site_kit.site_id.encode())  # jitter differs between sites
-    runner = GrpcClient(site, site_kit, server_address=server_address, backoff=Backoff(cap_s=backoff_cap), seed=seed)
+    runner = GrpcClient(site, site_kit, server_address=server_address, backoff=backoff, seed=seed)
     try:
         runner.run()
-        if runner.finished is not None:
-            console.print(f"site {site_kit.site_id}: {runner.finished}; {runner.handled} instructions handled, exiting")
     except ClientRefused as exc:
         raise _fail(str(exc), 3) from None
     except ClientError as exc:
         raise _fail(str(exc), 1) from None
     except KeyboardInterrupt:
         runner.stop()
+    _client_exit(runner, site_kit.site_id, job_hash)
+
+
+def _client_exit(runner: GrpcClient, site: str, job_hash: str) -> None:
+    """The line and exit status for how the client's run ended (0: finished, or stopped)."""
+    handled = f"{runner.handled} instructions handled"
+    if runner.other_job is not None:
+        theirs, mine = runner.other_job[:12], job_hash[:12]
+        raise _fail(f"site {site}: the server ended job {theirs}, not this site's job {mine}: compare the job "
+                    f"hashes with the coordinator ({handled})", 5)
+    if runner.failed:
+        raise _fail(f"site {site}: the server reports the job failed: {runner.finished}; {handled}, exiting", 4)
+    if runner.finished is not None:
+        console.print(f"site {site}: {runner.finished}; {handled}, exiting")
 
 
 def status(folder: Annotated[Path, typer.Argument(help="the server's --out folder (or its status.json)")]) -> None:

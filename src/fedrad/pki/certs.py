@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -141,6 +142,35 @@ def identity(cert_pem: bytes) -> Identity:
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     return Identity(str(cn[0].value) if cn else "", str(ou[0].value) if ou else "", cert.serial_number)
+
+
+def check_site_cert(cert_pem: bytes, ca_pem: bytes, site_id: str, source: str, now: dt.datetime | None = None) -> None:
+    """ValueError, naming `source`, if the server would refuse this site certificate at the handshake.
+
+    What a client can check of its own kit before it dials: 1) the certificate is valid now (not
+    expired, not yet valid); 2) the kit's CA signed it (a kit whose ca.crt is another project's is
+    refused by this project's server); 3) its CN is the kit's site id (the name the server admits).
+    The server sees none of this as anything but a TLS failure, so the client says it first.
+    """
+    try:
+        cert, ca = x509.load_pem_x509_certificate(cert_pem), x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise ValueError(f"{source}: not a PEM certificate (or its ca.crt is not): {exc}") from exc
+    now = now or _now()
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < start:
+        raise ValueError(f"{source}: not valid before {start:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)")
+    if now > end:
+        raise ValueError(f"{source}: expired on {end:%Y-%m-%d %H:%M} UTC")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        issuer, authority = cert.issuer.rfc4514_string(), ca.subject.rfc4514_string()
+        raise ValueError(f"{source}: not signed by the kit's ca.crt ({authority}): issued by {issuer}") from None
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(cn[0].value) if cn else ""
+    if name != site_id:
+        raise ValueError(f"{source}: its CN is {name!r}, but the kit's kit.json names site {site_id!r}")
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -4,6 +4,11 @@ The handshake (gRPC with require_client_auth) already refuses a certificate the 
 not sign. The Gatekeeper adds what TLS cannot know: the certificate is not revoked (the CA-signed
 CRL, re-read when its file changes, so revoking needs no restart), it is a site certificate whose
 CN is one of the allowed sites, and the site the client claims to be is that CN.
+
+The CRL lists serials, and the server kit does not record which serial is whose; so the
+Gatekeeper learns each site's serial from the certificate it was admitted with, and a site whose
+serial the CRL lists later is known to be revoked before it calls again (`revoked_sites`). A site
+revoked before it ever called is known only once it calls, and is refused then.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class Gatekeeper:
     def __init__(self, kit: ServerKit):
         self.project, self.sites = kit.project, kit.sites
         self.revocations = Revocations(kit.crl_path, kit.ca_pem)
+        self._serials: dict[str, int] = {}  # site -> the serial of the certificate it was last admitted with
 
     def admit(self, cert_pem: bytes | None, claimed: str | None) -> str:
         """The site a caller speaks for, or Refused; `claimed=None` when the call names no site."""
@@ -42,7 +48,20 @@ class Gatekeeper:
             raise Refused(who.name, f"certificate CN {who.name!r} is not a site of project {self.project}")
         if claimed is not None and claimed != who.name:
             raise Refused(who.name, f"the certificate of site {who.name!r} cannot speak for site {claimed!r}")
+        self._serials[who.name] = who.serial
         return who.name
+
+    def revoked_sites(self) -> dict[str, str]:
+        """Each site whose last admitted certificate the CRL now lists, with the refusal it would get."""
+        try:
+            revoked = self.revocations.serials()
+        except (OSError, ValueError):  # unreadable now: admit() refuses every call, as a transient fault
+            return {}
+        return {
+            site: f"the certificate of {site!r} (serial {serial:x}) is revoked"
+            for site, serial in list(self._serials.items())
+            if serial in revoked
+        }
 
 
 class Revocations:

@@ -3,10 +3,23 @@
 The client only ever dials out (to the server address in its kit), over mutual TLS with its
 site certificate. It loops: ask for work (a long poll), run `site.handle`, submit the reply, and
 when the server cannot be reached it waits with exponential backoff and jitter, dialing afresh.
-A refusal (revoked, unknown or mismatched certificate) ends the loop: retrying cannot help.
+Every request for work declares the site's count of training examples (`num_train`), which the
+server holds the site's fit replies to.
+
+The loop ends, because retrying cannot help, when:
+1) the server refuses the site (revoked, not allowed, a mismatched claim): ClientRefused;
+2) the TLS handshake fails `handshake_refusals` times in a row (3): ClientRefused. Over TLS 1.3 a
+   server that rejects the site's certificate (another CA, expired) just closes the connection, so
+   gRPC reports only "failed to connect ...: Socket closed"; a server the site does not trust shows
+   "Tls handshake failed ... CERTIFICATE_VERIFY_FAILED". One such failure may be a fault on the
+   way; several in a row, with nothing else between, are a refusal. A server that is down
+   ("Connection refused", a DNS error) and a peer that hangs up before the handshake is done
+   ("Handshake read failed") are network faults: retried forever (or `max_failures` times);
+3) the server says the job is over (`finished`, and `failed` when it ended short), or that it
+   ended another job than this site's (`other_job`): nothing will come for this site.
 
     client = GrpcClient.from_kit_dir(site, "kits/hospital-a")
-    client.run()            # until client.stop() from another thread, or a refusal
+    client.run()            # until one of the above, or client.stop() from another thread
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from fedrad.pki import certs as pki
 from fedrad.pki.kits import SiteKit, load_site_kit
 from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
@@ -32,6 +46,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLIENT_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
 FATAL = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+SERVER_CLOSED = "Socket closed"  # gRPC's last connect error when the server hangs up after the handshake
+TLS_FAILED = ("Tls handshake failed", "Ssl handshake failed", "CERTIFICATE_VERIFY_FAILED", "Hostname Verification")
 
 
 class SiteLike(Protocol):
@@ -43,7 +59,27 @@ class ClientError(RuntimeError):
 
 
 class ClientRefused(ClientError):
-    """The server refused this site (certificate revoked or not allowed, or a mismatched claim)."""
+    """The server refused this site (certificate revoked or not allowed, or a mismatched claim), or the
+    TLS handshake failed several times in a row (a certificate of another CA, expired, not trusted)."""
+
+
+def handshake_failure(exc: grpc.RpcError) -> str | None:
+    """Which side's certificate a failed call's TLS handshake stumbled on: "site" (the server hung up,
+    refusing it), "server" (this site does not trust the server's); None for any other failure."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    detail = exc.details() or ""
+    # "...: Socket closed" after the handshake, not "Handshake read failed (Socket closed)" during it
+    # (a peer that is no TLS server, or a proxy, hanging up: retried as a network fault)
+    if "failed to connect" in detail and detail.rsplit(": ", 1)[-1].strip() == SERVER_CLOSED:
+        return "site"
+    return "server" if any(sign in detail for sign in TLS_FAILED) else None
+
+
+def declared_train(site: object) -> int:
+    """The training examples a site declares to the server: its data's count (fedrad.site.handler.Site
+    holds it as `site.data.num_train`), or 0 ("not declared") for a site without data."""
+    return int(getattr(getattr(site, "data", None), "num_train", 0) or 0)
 
 
 @dataclass(frozen=True)
@@ -74,15 +110,22 @@ class GrpcClient:
         backoff: Backoff = Backoff(),
         seed: int = 0,  # seeds the backoff jitter
         max_failures: int | None = None,  # consecutive failed attempts before ClientError; None: forever
+        handshake_refusals: int = 3,  # TLS handshake failures in a row that are a refusal, not a fault
+        num_train: int | None = None,  # declared to the server; None: declared_train(site)
         chunk_size: int = wire.CHUNK_SIZE,
         max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES,
     ):
         self.site, self.kit = site, kit
         self.address = server_address or kit.server_address
-        self.backoff, self.max_failures = backoff, max_failures
+        if handshake_refusals < 1:
+            raise ValueError(f"GrpcClient: handshake_refusals must be at least 1, got {handshake_refusals}")
+        self.backoff, self.max_failures, self.handshake_refusals = backoff, max_failures, handshake_refusals
+        self.num_train = declared_train(site) if num_train is None else num_train
         self.chunk_size, self.max_payload_bytes = chunk_size, max_payload_bytes
         self.handled = 0  # instructions run and submitted
-        self.finished: str | None = None  # the server's reason, once it said the job is over
+        self.finished: str | None = None  # the server's reason, once it said this site's job is over
+        self.failed = False  # ... and that the job failed (ended short: a missed quorum, a crash)
+        self.other_job: str | None = None  # the hash of another job the server said is over
         self.acks: list[tuple[str, str, str]] = []  # (task id, ACCEPTED | DUPLICATE | REJECTED, reason)
         self.bytes_sent = self.bytes_received = 0  # serialized protobuf messages
         self._rng = random.Random(seed)
@@ -95,9 +138,8 @@ class GrpcClient:
         return cls(site, load_site_kit(folder), **options)
 
     def run(self) -> None:
-        """Pull, handle and submit until `stop()` or the server says the job is over (`finished`).
-
-        Raises ClientRefused, or ClientError on giving up."""
+        """Pull, handle and submit until `stop()` or the server says a job is over (`finished`, `failed`,
+        `other_job`). Raises ClientRefused, or ClientError on giving up."""
         try:
             while not self._stop.is_set():
                 work = self._retrying(self._fetch)
@@ -177,7 +219,7 @@ class GrpcClient:
     # the steps of the loop ------------------------------------------------------------------------
 
     def _fetch(self) -> tuple[str, Instruction] | None:
-        request = pb.WorkRequest(site_id=self.kit.site_id)
+        request = pb.WorkRequest(site_id=self.kit.site_id, num_train=self.num_train)
         work = self._connect().unary_stream(
             wire.WORK_METHOD, pb.WorkRequest.SerializeToString, pb.ServerMessage.FromString
         )
@@ -198,15 +240,16 @@ class GrpcClient:
             self._call = None
 
     def _job_done(self, done: pb.JobDone) -> None:
-        """The server says the job is over: `run` returns (only for this site's own job)."""
+        """The server says a job is over: `run` returns. Another job than this site's ends the client
+        too: a server that has served another job to its end has nothing for this site."""
         mine = getattr(self.site, "job_hash", "") or done.job_hash
         if done.job_hash != mine:
-            log.warning("site %s: the server finished job %s, not this site's %s; waiting for work",
-                        self.kit.site_id, done.job_hash[:12], mine[:12])
-            self._stop.wait(1.0)
-            return
-        log.info("site %s: %s", self.kit.site_id, done.reason)
-        self.finished = done.reason
+            log.warning("site %s: the server ended job %s, not this site's job %s", self.kit.site_id,
+                        done.job_hash, mine)
+            self.other_job = done.job_hash
+        else:
+            (log.error if done.failed else log.info)("site %s: %s", self.kit.site_id, done.reason)
+            self.finished, self.failed = done.reason, done.failed
         self._stop.set()
 
     def _handle(self, instruction: Instruction) -> Reply:
@@ -224,7 +267,7 @@ class GrpcClient:
 
     def _retrying(self, attempt: Callable[[], T]) -> T | None:
         """attempt() until it succeeds; None if stopped. Backoff between tries, a fresh channel each."""
-        failures = 0
+        failures = handshakes = 0  # failed attempts in a row; of them, TLS handshake failures in a row
         while not self._stop.is_set():
             try:
                 return attempt()
@@ -236,6 +279,10 @@ class GrpcClient:
                 if code in FATAL:
                     raise ClientRefused(f"site {self.kit.site_id}: refused by {self.address}: {detail}") from exc
                 failures += 1
+                side = handshake_failure(exc) if isinstance(exc, grpc.RpcError) else None
+                handshakes = handshakes + 1 if side else 0
+                if side and handshakes >= self.handshake_refusals:
+                    raise ClientRefused(self._refused_at_handshake(side, handshakes, detail)) from exc
                 where = f"site {self.kit.site_id}: {self.address}"
                 if self.max_failures is not None and failures >= self.max_failures:
                     raise ClientError(f"{where}: gave up after {failures} failed attempts: {detail}") from exc
@@ -244,6 +291,21 @@ class GrpcClient:
                 self.close()  # dial afresh next time, on our schedule rather than the channel's
                 self._stop.wait(delay)
         return None
+
+    def _refused_at_handshake(self, side: str, attempts: int, detail: str) -> str:
+        """One line: whose certificate the handshake refused, gRPC's words, and what to check."""
+        where = f"site {self.kit.site_id}: {self.address}"
+        if side == "server":
+            return (f"{where}: the TLS handshake failed {attempts} times in a row ({detail}); check that the "
+                    "kit's ca.crt is this project's CA and that the server address is a name in the server's "
+                    "certificate")
+        try:  # the client's own view of its certificate, when it has one: expired while running, ...
+            pki.check_site_cert(self.kit.cert_pem, self.kit.ca_pem, self.kit.site_id, "site.crt")
+            known = ""
+        except ValueError as exc:
+            known = f"; {exc}"
+        return (f"{where}: the server refused this site's certificate at the TLS handshake ({attempts} attempts "
+                f"in a row: {detail}){known}; check that the kit comes from this project's CA and has not expired")
 
     def _connect(self) -> grpc.Channel:
         if self._channel is None:

@@ -10,6 +10,12 @@ set. Every call is checked against the client certificate: signed by the project
 handshake), then not revoked, an allowed site, and the site the client claims to be
 (gatekeeper.py). The client side is grpc_client.py.
 
+No site can take more of the server than its share (taskboard.py says the rules): one poll and
+one upload at a time, each upload within the bytes its instruction implies and `upload_timeout_s`
+from its turn. gRPC's own concurrency is bounded too: `max_workers` threads (by default two per
+site, a poll and an upload, and a margin) and at most as many RPCs at once, so calls beyond that
+are refused (RESOURCE_EXHAUSTED, which clients retry) instead of queueing without bound.
+
     with GrpcServerTransport.from_kit_dir("project/server", reply_timeout_s=600) as transport:
         replies = transport.dispatch(instructions)   # or hand it to the Orchestrator
 """
@@ -31,7 +37,7 @@ from fedrad.transport import fedrad_pb2 as pb
 from fedrad.transport import wire
 from fedrad.transport.gatekeeper import Gatekeeper, Refused
 from fedrad.transport.grpc_client import Backoff, ClientError, ClientRefused, GrpcClient
-from fedrad.transport.taskboard import Ack, TaskBoard, Traffic, failed
+from fedrad.transport.taskboard import Ack, SiteLimits, TaskBoard, Traffic, failed
 from fedrad.types import FailureKind, Instruction, Reply
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ SERVER_OPTIONS = [
 ]
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+GONE_FLOOR_S = 60.0  # the client's default Backoff cap: a site between two retries is not gone
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -74,21 +81,30 @@ class GrpcServerTransport:
         poll_s: float = 15.0,  # how long a site's request for work is held open when there is none
         chunk_size: int = wire.CHUNK_SIZE,
         max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES,
-        max_workers: int = 64,  # each waiting site holds one worker thread during its poll
-        quorum: int = 0,  # at the deadline, fewer replies than this: wait up to quorum_wait_s longer
+        max_workers: int | None = None,  # None: 2 per site (a poll, an upload) + 8; also the bound on concurrent RPCs
+        quorum: int = 0,  # at the deadline, fewer ok replies than this: wait up to quorum_wait_s longer
         quorum_wait_s: float = 0.0,
         max_uploads: int = 1,  # replies read at once; the server holds about (2 + max_uploads) models
+        upload_timeout_s: float | None = None,  # each upload's window from its turn; None: reply_timeout_s
+        gone_after_s: float | None = None,  # no contact this long: not waited for; None: max(3 poll_s, 60 s)
     ):
-        limits = {"reply_timeout_s": reply_timeout_s, "poll_s": poll_s, "chunk_size": chunk_size}
+        upload_timeout_s = reply_timeout_s if upload_timeout_s is None else upload_timeout_s
+        gone_after_s = max(3 * poll_s, GONE_FLOOR_S) if gone_after_s is None else gone_after_s
+        max_workers = 2 * len(kit.sites) + 8 if max_workers is None else max_workers
+        limits = {"reply_timeout_s": reply_timeout_s, "poll_s": poll_s, "chunk_size": chunk_size,
+                  "upload_timeout_s": upload_timeout_s, "max_workers": max_workers}
         for name, value in limits.items():
             if value <= 0:
                 raise ValueError(f"GrpcServerTransport: {name} must be positive, got {value}")
+        if gone_after_s <= poll_s:  # an idle site polls again every poll_s: it would look gone between polls
+            raise ValueError(f"GrpcServerTransport: gone_after_s ({gone_after_s}) must exceed poll_s ({poll_s})")
         self.kit, self.bind = kit, bind or f"[::]:{kit.port}"
         self.reply_timeout_s, self.poll_s = reply_timeout_s, poll_s
         self.chunk_size, self.max_payload_bytes, self.max_workers = chunk_size, max_payload_bytes, max_workers
         self.quorum, self.quorum_wait_s = quorum, quorum_wait_s
         self.port: int | None = None
-        self.board = TaskBoard(kit.sites, chunk_size, max_uploads)
+        site_limits = SiteLimits(upload_timeout_s, gone_after_s, max_payload_bytes)
+        self.board = TaskBoard(kit.sites, chunk_size, max_uploads, limits=site_limits)
         self._gate = Gatekeeper(kit)
         self._server: grpc.Server | None = None
 
@@ -101,7 +117,8 @@ class GrpcServerTransport:
     def start(self) -> int:
         """Bind and serve; returns the port (the one chosen when `bind` ends in ":0")."""
         limit_malloc_arenas()  # before the handler threads exist
-        server = grpc.server(ThreadPoolExecutor(max_workers=self.max_workers), options=SERVER_OPTIONS)
+        server = grpc.server(ThreadPoolExecutor(max_workers=self.max_workers), options=SERVER_OPTIONS,
+                             maximum_concurrent_rpcs=self.max_workers)  # beyond: refused, not queued
         server.add_generic_rpc_handlers([self._handlers()])
         pair = (self.kit.key_pem, self.kit.cert_pem)
         credentials = grpc.ssl_server_credentials([pair], self.kit.ca_pem, require_client_auth=True)
@@ -143,13 +160,20 @@ class GrpcServerTransport:
             for number, instruction in enumerate(instructions):
                 yield number, failed(instruction, why, FailureKind.ERROR)
             return
+        for site, reason in self._gate.revoked_sites().items():  # revoked since it last called: not waited for
+            self.board.refused(site, reason)
         yield from self.board.stream(instructions, self.reply_timeout_s, self.quorum, self.quorum_wait_s)
 
-    def finish(self, job_hash: str, reason: str, linger_s: float) -> set[str]:
-        """Tell each site that asks for work that the job is over, for up to `linger_s` (or until every
-        site that connected has been told); returns the sites not told (they keep polling until stopped)."""
-        self.board.finish(job_hash, reason)
+    def finish(self, job_hash: str, reason: str, linger_s: float, failed: bool = False) -> set[str]:
+        """Tell each site that asks for work that the job is over (`failed`: it ended short, so clients exit
+        non-zero), for up to `linger_s` (or until every site that connected has been told); returns the
+        sites not told (they keep polling until stopped)."""
+        self.board.finish(job_hash, reason, failed)
         return self.board.wait_told(linger_s)
+
+    def declared_examples(self, site: str) -> int | None:
+        """The training examples `site` declared (its data card's count) in its first request for work."""
+        return self.board.declared(site)
 
     def wait_for_sites(self, sites: Collection[str], timeout_s: float) -> set[str]:
         """Wait until each site has asked for work once (a quorum before round 0); the missing ones."""
@@ -177,12 +201,13 @@ class GrpcServerTransport:
     def _work(self, request: pb.WorkRequest, context: grpc.ServicerContext) -> Iterator[pb.ServerMessage]:
         site = self._authorize(context, claimed=request.site_id)
         self.board.count(site, from_site=request.ByteSize())
+        self.board.declare(site, request.num_train)
         context.add_callback(self.board.wake)  # a client that hangs up ends its wait at once
-        task = self.board.next_task(site, self.poll_s, context.is_active)
+        task = self.board.next_task(site, self.poll_s, context.is_active)  # ends this site's previous poll
         if task is None:
             done = self.board.tell_done(site)
             if done is not None:  # the job is over: the client may exit
-                yield pb.ServerMessage(done=pb.JobDone(job_hash=done[0], reason=done[1]))
+                yield pb.ServerMessage(done=pb.JobDone(job_hash=done[0], reason=done[1], failed=done[2]))
             return  # otherwise an empty stream: no work in this poll window, ask again
         payload = task.instruction.payload
         for message in wire.stream(pb.ServerMessage, "instruction", task.header, payload, self.chunk_size):
@@ -190,9 +215,23 @@ class GrpcServerTransport:
             yield message
 
     def _submit(self, requests: Iterator[pb.ClientMessage], context: grpc.ServicerContext) -> Iterator[Ack]:
-        """Header, then PROCEED when it is this upload's turn, then the chunks, then the verdict."""
+        """One submission per site at a time: a second is refused before a byte of it is read."""
         site = self._authorize(context, claimed=None)  # the claim is checked on the reply header
-        messages = self._counted(site, requests)
+        verdict = self.board.begin_submission(site)
+        if verdict is not None:
+            yield self._ack(site, verdict)
+            return
+        try:
+            yield from self._submission(site, self._counted(site, requests), context)
+        except grpc.RpcError:  # cancelled: its task closed (deadline, its upload window, the server stopping)
+            log.info("submission from site %s: cancelled, its task closed", site)
+        finally:
+            self.board.end_submission(site)
+
+    def _submission(
+        self, site: str, messages: Iterator[pb.ClientMessage], context: grpc.ServicerContext
+    ) -> Iterator[Ack]:
+        """Header, then PROCEED when it is this upload's turn, then the chunks, then the verdict."""
         first = next(messages, None)
         if first is None or first.WhichOneof("body") != "reply":
             yield self._ack(site, (Ack.REJECTED, "a submission must start with a reply header"))
@@ -200,14 +239,18 @@ class GrpcServerTransport:
         header = first.reply
         # Judge the header, then wait for this upload's turn, before any payload is sent.
         context.add_callback(self.board.wake)  # a client that hangs up while waiting frees its turn
-        verdict = self.board.admit(site, header.task_id, header.site_id, header.round, header.kind, context.is_active)
+        announced = [(p.kind, p.size) for p in header.payloads]  # judged against the task's limits, unread
+        verdict = self.board.admit(site, header.task_id, header.site_id, header.round, header.kind, context.is_active,
+                                   announced, context.cancel)
         if verdict is not None:
             yield self._ack(site, verdict)
             return
+        limits = self.board.reply_limits(header.task_id)
         verdict, setback = (Ack.REJECTED, "the upload broke off"), FailureKind.DROPPED
         try:
             yield self._ack(site, (Ack.PROCEED, ""))
-            task_id, reply = wire.read_reply(itertools.chain([first], messages), self.max_payload_bytes)
+            stream = itertools.chain([first], messages)
+            task_id, reply = wire.read_reply(stream, self.max_payload_bytes, limits)
             verdict = self.board.record(site, task_id, reply)
             del reply
         except wire.StreamEnded as exc:  # the site hung up (killed, its link dropped): not a malformed reply
@@ -225,7 +268,7 @@ class GrpcServerTransport:
             return self._gate.admit(pems[0], claimed)
         except Refused as refused:
             log.warning("refused a call from %r: %s", refused.name, refused.reason)
-            self.board.refused(refused.name, refused.reason)
+            self.board.refused(refused.name, refused.reason, refused.transient)
             code = grpc.StatusCode.UNAVAILABLE if refused.transient else grpc.StatusCode.PERMISSION_DENIED
             context.abort(code, refused.reason)
             raise  # not reached: context.abort raises
