@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedrad.data.harmonize import HarmonizeConfig
+from fedrad.server.validation import UpdateValidator
 from fedrad.strategies import registry
 from fedrad.strategies.registry import StrategySection, UnknownStrategyError
 from fedrad.types import FitConfig
@@ -150,6 +151,21 @@ class EvaluationConfig(_Strict):
     every: int = Field(1, ge=1)  # evaluate every N rounds (and always after the last)
 
 
+class ValidationConfig(_Strict):
+    """How the server bounds each site's update (fedrad.server.validation). Part of the job, so the
+    job hash covers it: every site's admin approves how far one other site's update may move the
+    model, and a server cannot loosen it without the sites seeing another hash."""
+
+    # An update whose L2 norm exceeds this many times the previous round's median accepted norm (in
+    # round 0: the norm of the model sent) is rejected; null: no relative bound. 10 is about twice the
+    # largest honest ratio measured on the phantom jobs for every strategy (docs/deploy.md).
+    norm_multiplier: float | None = Field(10.0, gt=0)
+    max_update_norm: float | None = Field(None, gt=0)  # an absolute bound on the update's L2 norm; null: none
+
+    def validator(self) -> UpdateValidator:
+        return UpdateValidator(max_update_norm=self.max_update_norm, norm_multiplier=self.norm_multiplier)
+
+
 class PrivacyConfig(_Strict):
     """Differential privacy (docs/privacy.md); `mode: none` (the default) is off.
 
@@ -158,7 +174,8 @@ class PrivacyConfig(_Strict):
     is calibrated so that the planned job fits it. `central`: DP-FedAvg at the server (each site's
     update clipped to `max_grad_norm`, Gaussian noise on the aggregate); `epsilon` is the
     federation's user-level (here: site-level) budget. Give `noise_multiplier` instead of
-    `epsilon` to fix the noise and have the epsilon spent reported.
+    `epsilon` to fix the noise and have the epsilon spent reported; in local mode, give both to fix
+    the noise and have each site stop at `epsilon`.
     """
 
     mode: Literal["none", "local", "central"] = "none"
@@ -170,7 +187,10 @@ class PrivacyConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget_or_noise(self) -> PrivacyConfig:
-        if self.mode != "none" and (self.epsilon is None) == (self.noise_multiplier is None):
+        both = self.epsilon is not None and self.noise_multiplier is not None
+        if self.mode != "none" and (self.epsilon is None) == (self.noise_multiplier is None) and not (
+            both and self.mode == "local"  # local: the noise fixed, each site stopping at epsilon
+        ):
             raise ValueError(f"privacy mode '{self.mode}' needs exactly one of epsilon and noise_multiplier")
         return self
 
@@ -183,6 +203,7 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig = registry.get("fedavg").section()
     evaluation: EvaluationConfig = EvaluationConfig()
+    validation: ValidationConfig = ValidationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     # The folder of the job YAML it was read from (load_config): where relative data.sites are.
     # Not a field: the job hash, which every site approves, is of the content, not of where it lies.
@@ -195,6 +216,16 @@ class JobConfig(_Strict):
             raise ValueError(f"task.kind '{kind}' does not fit data.source 'phantom_seg' (lesion masks)")
         if source == "phantom" and kind == "tabular":
             raise ValueError("task.kind 'tabular' does not fit data.source 'phantom' (images)")
+        return self
+
+    @model_validator(mode="after")
+    def _local_dp_fits_strategy(self) -> JobConfig:
+        if self.privacy.mode == "local":
+            from fedrad.privacy.local import strategy_refusal  # lazy: torch
+
+            reason = strategy_refusal(self.strategy.name)
+            if reason is not None:
+                raise ValueError(f"strategy '{self.strategy.name}' cannot run with privacy mode 'local': {reason}")
         return self
 
     def site_paths(self) -> list[Path]:

@@ -141,12 +141,16 @@ def test_a_run_in_which_no_update_is_ever_accepted_failed(tiny_config, tmp_path)
     assert summary["status"] == "failed" and summary["status_reasons"][0] == "no update was accepted in 2 round(s)"
 
 
-def test_a_model_that_diverged_to_non_finite_weights_failed(tiny_config, tmp_path, monkeypatch):
-    # with update validation off, one site's NaN update reaches the model
-    monkeypatch.setattr("fedrad.server.validation.UpdateValidator.check", lambda *args, **kwargs: None)
+def test_a_nan_update_that_passed_validation_never_reaches_the_model(tiny_config, tmp_path, monkeypatch):
+    # with update validation off, one site's NaN update makes the aggregate NaN: the round keeps its model
+    from fedrad.server.validation import Verdict
+
+    monkeypatch.setattr("fedrad.server.validation.UpdateValidator.judge", lambda *args, **kwargs: Verdict(None, 1.0))
     summary = MethodRun(tiny_config, "fedavg", tmp_path, _poisoned(tiny_config)).run()
-    assert summary["status"] == "failed"
-    assert any(r.startswith("the final model diverged:") for r in summary["status_reasons"])
+    assert summary["status"] == "degraded"
+    assert not any(r.startswith("the final model diverged:") for r in summary["status_reasons"])
+    kept = [r for r in summary["status_reasons"] if r.endswith("the round kept the previous model")]
+    assert [r.split(":")[0] for r in kept] == ["round 0", "round 1"] and "the aggregate was not finite" in kept[0]
 
 
 @pytest.mark.parametrize("method", ["cds", "local"])

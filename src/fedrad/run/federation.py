@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from fedrad.data.harmonize import HarmonizationError, Harmonizer, verify_site
 from fedrad.data.partition import phantom_partition
 from fedrad.data.phantom import DEFAULT_HOSPITALS, HospitalSpec, ScannerProfile, phantom_sites
 from fedrad.data.readers import SiteDataConfigError, Skipped, load_site_data
+from fedrad.privacy.local import LocalPrivacy, strategy_refusal
 from fedrad.strategies import registry
 from fedrad.tasks import ClassificationTask, Task
 from fedrad.tasks.segmentation import SegmentationTask
@@ -166,10 +168,26 @@ def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()) -> Task:
 
     `task.in_channels` / `task.num_classes`, when set, fix the model's size and every site's data
     must fit them; a deployed server (no sites) of a job reading site YAMLs needs them. A strategy
-    the task kind cannot support (`strategy.name`, see `check_strategy`) is refused here.
+    the task kind cannot support (`strategy.name`, see `check_strategy`) is refused here, and so is one
+    that local DP cannot run (`check_privacy`). With `privacy.mode: local` the task carries the job's
+    LocalPrivacy, so its model is converted for DP-SGD wherever it is built.
     """
     kind = resolve_kind(config, sites)
     check_strategy(config.strategy.name, kind)
+    check_privacy(config)
+    task = _task_for(config, kind, sites)
+    privacy = LocalPrivacy.from_config(config)  # local DP: the model converted alike at the server and every site
+    return task if privacy is None else dataclasses.replace(task, privacy=privacy)
+
+
+def check_privacy(config: JobConfig) -> None:
+    """Refuse a strategy that local DP cannot run (`fedrad.privacy.local.REFUSED`): FederationError, one line."""
+    reason = strategy_refusal(config.strategy.name) if config.privacy.mode == "local" else None
+    if reason is not None:
+        raise FederationError(f"strategy '{config.strategy.name}' cannot run with privacy mode 'local': {reason}")
+
+
+def _task_for(config: JobConfig, kind: str, sites: Sequence[SiteData]) -> Task:
     channels = tuple(config.task.channels)
     declared_inputs, declared_classes = config.task.in_channels, config.task.num_classes
     if not sites:  # nothing to size from: the job's declared sizes, or the phantom's single-channel images

@@ -5,8 +5,11 @@ the transport differs (GrpcServerTransport instead of in-process Sites). It adds
 needs: a round deadline with a quorum (`fedrad.server.quorum`), a status file, and a checkpoint
 after every round so a restarted server (`--resume`) continues from the last completed round.
 A round short of its quorum ends the run: the summary of the completed rounds is written with
-`status: failed` (`fedrad.run.summary`) and the sites are told the job is over. The hospital's
-side is `fedrad.run.join`.
+`status: failed` (`fedrad.run.summary`) and the sites are told the job failed. So does any other
+exception that escapes the round loop (a server bug: no site's reply can raise one, see
+`fedrad.server.orchestrator`): status.json says `failed` with the reason in one line, and
+`fedrad server` exits 4. A resumed run takes the update-norm history from the checkpoint's metrics
+lines, so its norm bound is the uninterrupted run's. The hospital's side is `fedrad.run.join`.
 
     summary = ServerRun(config, Path("kits/server"), Path("runs/fl")).run()
 """
@@ -24,14 +27,30 @@ from pathlib import Path
 from fedrad.config import JobConfig
 from fedrad.pki.kits import load_server_kit
 from fedrad.run.methods import method_extras
-from fedrad.run.simulate import build_strategy, build_task, initial_weights
+from fedrad.run.simulate import (
+    build_strategy,
+    build_task,
+    initial_weights,
+    privacy_block,
+    update_validator,
+    with_privacy,
+)
 from fedrad.run.summary import run_summary, with_health
-from fedrad.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_ledger, save_checkpoint
+from fedrad.server.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    previous_path,
+    restore_ledger,
+    save_checkpoint,
+)
 from fedrad.server.ledger import Ledger
-from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
+from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext, norm_history
 from fedrad.server.quorum import QuorumError, QuorumTransport
 from fedrad.server.results import RunDirectory
 from fedrad.server.status import STATUS_FILE, StatusFile
+from fedrad.strategies import central_dp
 from fedrad.strategies.base import ServerState
 from fedrad.transport.grpc_transport import GrpcServerTransport
 
@@ -70,6 +89,9 @@ class ServerRun:
         if strategy.simulation_only:
             raise DeployError(f"strategy {method!r} is a simulation-only baseline; `fedrad run` runs it")
         sites, job_hash = sorted(kit.sites), self.config.job_hash()
+        # central DP's noise from a secret seed kept beside the checkpoints: the sites know the job seed
+        noise_seed = central_dp.server_noise_seed(self.out) if self.config.privacy.mode == "central" else 0
+        strategy = with_privacy(self.config, strategy, sites, noise_seed)
         ledger, start, lines = Ledger(), 0, []
         state = strategy.initial_state(initial_weights(task, self.config.seed), sites)
         if self.resume:
@@ -106,17 +128,25 @@ class ServerRun:
                 status.completed(record)
                 status.update(round=record.round + 1)
 
-            ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed)
-            orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round)
+            ctx = RunContext(QuorumTransport(transport, options.min_sites), ledger, task, job_hash, self.config.seed,
+                             validator=update_validator(self.config), declared=transport.declared_examples)
+            orchestrator = Orchestrator(strategy, ctx, sites, sites, rounds, self.config.evaluation.every, on_round,
+                                        norm_history=norm_history([json.loads(line) for line in lines]))
             status.update(phase="running")
-            quorum, outcome = None, f"job {self.config.name} finished after {rounds} rounds"
+            quorum, stopped, outcome = None, None, f"job {self.config.name} finished after {rounds} rounds"
             try:
                 orchestrator.run(state, start)
                 status.update(phase="done", round=rounds)
             except QuorumError as exc:  # the run failed: its summary says so (status "failed"), the sites are told
                 quorum, outcome = str(exc), f"job {self.config.name} failed: {exc}"
                 status.update(phase="failed", error=quorum)
-            untold = transport.finish(job_hash, outcome, linger_s=2 * options.poll_s + 5)
+            except Exception as exc:  # a server bug: the run failed, said in one line, never a `running` status
+                log.exception("the server stopped in round %d", len(lines))
+                stopped = _one_line(f"round {len(lines)}: {type(exc).__name__}: {exc}")
+                outcome = f"job {self.config.name} failed: the server stopped: {stopped}"
+                status.update(phase="failed", error=stopped)
+            failed = quorum is not None or stopped is not None
+            untold = transport.finish(job_hash, outcome, linger_s=2 * options.poll_s + 5, failed=failed)
             if untold:
                 log.info("sites not told that the job finished (not polling): %s", sorted(untold))
         summary = run_summary(method, directory.records, ledger, time.perf_counter() - started, False)
@@ -127,23 +157,53 @@ class ServerRun:
         summary |= {"rounds": len(lines), "resumed_from": start if self.resume else None,
                     "metric": task.primary_metric}
         summary |= method_extras(strategy, directory.records, sites)  # of the rounds this process ran
-        summary = with_health(summary, [json.loads(line) for line in lines], final[-1], quorum)  # every round's
+        summary["privacy"] = privacy_block(self.config, strategy, directory.records, len(lines))
+        rows = [json.loads(line) for line in lines]  # every round's
+        summary = with_health(summary, rows, final[-1], quorum, stopped)
         directory.write_summary(summary)
         return summary
 
     def _restore(self, ledger: Ledger, method: str, job_hash: str) -> tuple[int, ServerState, list[str]]:
+        """The last checkpoint that verifies: the current one, else the previous one (one round runs again)."""
         path = self.out / CHECKPOINT_FILE
-        if not path.exists():
-            raise DeployError(f"{path}: no checkpoint to resume from (run without --resume to start afresh)")
-        checkpoint = load_checkpoint(path)
+        checkpoint, source = _verified_checkpoint(path)
         if checkpoint.job_hash != job_hash or checkpoint.strategy != method:
             raise DeployError(
-                f"{path}: written for job {checkpoint.job_hash[:12]} ({checkpoint.strategy}), "
+                f"{source}: written for job {checkpoint.job_hash[:12]} ({checkpoint.strategy}), "
                 f"not this job {job_hash[:12]} ({method})"
             )
+        if source != path and path.exists():  # kept for inspection; the next checkpoint then keeps prev, the good one
+            path.replace(path.with_name(f"{path.stem}.refused{path.suffix}"))
         restore_ledger(ledger, checkpoint.ledger_rows)
-        log.info("resuming after round %d from %s", checkpoint.round, path)
+        log.info("resuming after round %d from %s", checkpoint.round, source)
         return checkpoint.round + 1, checkpoint.state, checkpoint.metrics_lines
+
+
+def _verified_checkpoint(path: Path) -> tuple[Checkpoint, Path]:
+    """`path`'s checkpoint, or else the previous one, and the file it came from; DeployError if neither verifies.
+
+    A write never leaves `path` missing (fedrad.server.checkpoint); one missing all the same (moved
+    or deleted) beside a previous checkpoint is treated as refused: prev is the last one left."""
+    previous = previous_path(path)
+    if not path.exists() and not previous.exists():
+        raise DeployError(f"{path}: no checkpoint to resume from (run without --resume to start afresh)")
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as exc:
+        refused = str(exc) if path.exists() else f"{path}: missing"
+    if not previous.exists():
+        raise DeployError(f"{refused}; no {previous.name} beside it to fall back on")
+    try:
+        checkpoint = load_checkpoint(previous)
+    except CheckpointError as exc:
+        raise DeployError(f"{refused}; {previous.name} too: {str(exc).removeprefix(f'{previous}: ')}") from None
+    log.warning("%s; resuming from %s instead: round %d runs again", refused, previous, checkpoint.round + 1)
+    return checkpoint, previous
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _from_metrics_lines(lines: Sequence[str]) -> dict:

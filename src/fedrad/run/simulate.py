@@ -7,6 +7,7 @@ local-only needs no federation. All methods get the same sites, seed and budget
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,15 +17,17 @@ import torch
 
 from fedrad.config import JobConfig, for_strategy
 from fedrad.data.base import SiteData, concat_splits
-from fedrad.run.federation import build_task_for, load_federation
+from fedrad.privacy.summary import privacy_summary
+from fedrad.run.federation import FederationError, build_task_for, load_federation
 from fedrad.run.methods import method_extras
 from fedrad.run.summary import run_summary, with_health
 from fedrad.server.ledger import Ledger
 from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext
 from fedrad.server.results import RunDirectory, round_line
+from fedrad.server.validation import UpdateValidator
 from fedrad.site.handler import Site, model_weights
 from fedrad.site.state import SiteStateFile
-from fedrad.strategies import registry
+from fedrad.strategies import central_dp, registry
 from fedrad.strategies.base import ServerState, Strategy
 from fedrad.strategies.baselines import POOLED
 from fedrad.transport import InProcessTransport
@@ -51,6 +54,35 @@ def build_strategy(config: JobConfig, method: str | None = None) -> Strategy:
     (`for_strategy`); an unknown name lists the registered ones (ValueError)."""
     config = for_strategy(config, method or config.strategy.name)
     return registry.get(config.strategy.name).build(config.strategy, build_context(config))
+
+
+def with_privacy(config: JobConfig, strategy: Strategy, sites: Sequence[str], noise_seed: int) -> Strategy:
+    """`strategy` as the job's `privacy` runs it: wrapped in central DP-FedAvg (`fedrad.strategies.central_dp`,
+    its noise seeded by `noise_seed`) for `mode: central`; unchanged otherwise (local DP runs at the sites).
+    A strategy central DP cannot wrap is a FederationError, one line."""
+    if config.privacy.mode != "central":
+        return strategy
+    why = central_dp.refusal(strategy.name)
+    if why:
+        raise FederationError(f"strategy '{strategy.name}' cannot run with privacy mode 'central': {why}")
+    rounds = strategy.num_rounds(config.train.rounds, sites)
+    return central_dp.wrap(strategy, config.privacy, sites, rounds, noise_seed)
+
+
+def update_validator(config: JobConfig) -> UpdateValidator:
+    """The job's update checks (`validation:`). Under central DP the relative norm bound is off: the
+    wrapper clips every update to `privacy.max_grad_norm`, which bounds each site's influence, and a
+    bound that depends on the other sites' norms is not covered by the privacy accounting."""
+    validator = config.validation.validator()
+    return dataclasses.replace(validator, norm_multiplier=None) if config.privacy.mode == "central" else validator
+
+
+def privacy_block(config: JobConfig, strategy: Strategy, records: Sequence[RoundRecord], rounds_done: int) -> dict:
+    """summary.json's `privacy`: the job's mode and budget, and what each site (local) or the federation
+    (central, after `rounds_done` completed rounds) spent."""
+    if isinstance(strategy, central_dp.CentralDP):
+        return central_dp.central_privacy_summary(strategy, rounds_done)
+    return privacy_summary(config, records)
 
 
 def initial_weights(task, seed: int):
@@ -93,6 +125,7 @@ class MethodRun:
             train_sites = [POOLED]
             for d in self.sites:  # what pooling makes each hospital hand over
                 ledger.record(0, "train", d.site_id, "sent", {DataKind.RAW_DATA: d.train.nbytes + d.val.nbytes})
+        strategy = with_privacy(self.config, strategy, train_sites, self.config.seed)
         directory = RunDirectory(self.out, self.method, self.config.to_yaml())
 
         final: list[ServerState] = []  # the model after the last completed round (its health is checked)
@@ -103,7 +136,9 @@ class MethodRun:
             if self.on_round is not None:
                 self.on_round(record)
 
-        ctx = RunContext(InProcessTransport(site_objects), ledger, task, job_hash, self.config.seed)
+        transport = InProcessTransport(site_objects)
+        ctx = RunContext(transport, ledger, task, job_hash, self.config.seed,
+                         validator=update_validator(self.config), declared=transport.declared_examples)
         orchestrator = Orchestrator(
             strategy, ctx, train_sites, [d.site_id for d in self.sites],
             strategy.num_rounds(self.config.train.rounds, train_sites), self.config.evaluation.every, on_round,
@@ -117,6 +152,7 @@ class MethodRun:
         summary = self.summary(directory, ledger, time.perf_counter() - started, interrupted)
         summary["metric"] = task.primary_metric  # what the report ranks by
         summary.update(method_extras(strategy, directory.records, train_sites))  # order, local epochs
+        summary["privacy"] = privacy_block(self.config, strategy, directory.records, len(directory.records))
         lines = [round_line(record) for record in directory.records]
         summary = with_health(summary, lines, final[-1] if final else state)  # status, status_reasons
         directory.write_summary(summary)

@@ -5,7 +5,8 @@ the result can be used: `ok`, `degraded` (a result, with something the user must
 (no usable result). Each reason is one short line naming the site, the rounds and the kind.
 
 failed:
-1) no update was ever accepted (or no round completed); a deployed round short of its quorum;
+1) no update was ever accepted (or no round completed); a deployed round short of its quorum; the
+   server stopped on an exception (`stopped`);
 2) no pooled value of the primary metric (never evaluated, or every site's evaluation failed);
 3) the final model holds non-finite values (diverged);
 4) the model collapsed: every pooled prediction in one class (segmentation: no lesion predicted
@@ -16,7 +17,10 @@ failed:
 degraded:
 5) any training or evaluation failure, one line per site, phase and kind;
 6) a site none of whose updates was accepted (all rejected, say) gets a line of its own;
-7) the run was interrupted.
+7) the run was interrupted;
+8) a round kept the previous model (its aggregate was not finite, or aggregation raised: the round's
+   `notes`, from metrics.jsonl or from the summary's `notes`), or no update was accepted in a round
+   that asked sites (the model stood still), when some other round's update was accepted.
 Per-site models (local-only's `cross_site`): one model that diverged or collapsed is degraded;
 all of them is as for the shared model.
 """
@@ -64,31 +68,37 @@ def run_summary(
         "sites": {s: {**m, **({"num_train": counts[s]} if s in counts else {})} for s, m in sites.items()},
         "failures": sum(len(r.failures) for r in records),
         "ledger": ledger.summary(),
+        "notes": [note for r in records for note in r.notes],  # run-level: a round that kept the old model
         **extra,
     }
 
 
 def with_health(
-    summary: dict, lines: Sequence[Mapping], final_state: ServerState | None = None, quorum: str | None = None
+    summary: dict, lines: Sequence[Mapping], final_state: ServerState | None = None, quorum: str | None = None,
+    stopped: str | None = None,
 ) -> dict:
     """The summary with `status` and `status_reasons` (see `health`)."""
-    status, reasons = health(lines, summary, final_state, quorum)
+    status, reasons = health(lines, summary, final_state, quorum, stopped)
     return summary | {"status": status, "status_reasons": reasons}
 
 
 def health(
-    lines: Sequence[Mapping], summary: Mapping, final_state: ServerState | None = None, quorum: str | None = None
+    lines: Sequence[Mapping], summary: Mapping, final_state: ServerState | None = None, quorum: str | None = None,
+    stopped: str | None = None,
 ) -> tuple[str, list[str]]:
     """(status, reasons) of a run from its metrics.jsonl lines, its summary and its final model.
 
-    `quorum`: why a deployed run stopped short of its quorum (QuorumError), if it did.
+    `quorum`: why a deployed run stopped short of its quorum (QuorumError), if it did; `stopped`:
+    the exception that stopped the server's round loop, in one line, if one did.
     """
     reasons = [
         *([(FAILED, f"quorum not met: {_short(quorum, 200)}")] if quorum else []),
+        *([(FAILED, f"the server stopped: {_short(stopped, 200)}")] if stopped else []),
         *_updates(lines),
         *_pooled(lines, summary),
         *_non_finite(final_state),
         *_collapse(lines, summary),
+        *_kept(lines, summary),
         *_failures(lines),
         *([(DEGRADED, f"interrupted after {len(lines)} round(s)")] if summary.get("interrupted") else []),
     ]
@@ -124,6 +134,18 @@ def _updates(lines: Sequence[Mapping]) -> Iterator[Reason]:
         else:
             counted = ", ".join(f"{kind} {n}" for kind, n in kinds.items()) or "no reply"
             yield DEGRADED, f"site {site}: no update accepted in {times} round(s) asked ({counted})"
+
+
+def _kept(lines: Sequence[Mapping], summary: Mapping) -> Iterator[Reason]:
+    """8) rounds that left the model as it was: a refused aggregate, or no update accepted."""
+    notes = [note for line in lines for note in line.get("notes", ())] + list(summary.get("notes", ()))
+    for note in dict.fromkeys(notes):  # a note both in metrics.jsonl and in the summary counts once
+        yield DEGRADED, note
+    if any(line["train"] for line in lines):  # otherwise 1) failed the run already
+        still = [line["round"] for line in lines if line["asked"] and not line["train"]]
+        if still:
+            many = len(still) > 1
+            yield DEGRADED, f"round{'s' if many else ''} {_ranges(still)}: no update accepted; the model stood still"
 
 
 def _pooled(lines: Sequence[Mapping], summary: Mapping) -> Iterator[Reason]:

@@ -2,6 +2,11 @@
 
 Directions are seen from the site: "sent" left the site, "received" arrived at it. This is how
 fedrad measures the review's "transferred data" and "communication load" columns.
+
+The privacy column (`epsilon`): with local DP, a site's fit reply releases its model after DP-SGD,
+and the row of the weights it sent books what that release spent (the reply's `epsilon_round`,
+the increase of its accountant's epsilon), so a site's column sums to the epsilon it has spent.
+Rows without a privacy cost (everything else, every job without local DP) hold None.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ class Transfer:
     direction: str  # "sent" or "received", seen from the site
     kind: DataKind
     nbytes: int
+    epsilon: float | None = None  # local DP: the privacy this transfer spent (None: none; rows of old checkpoints)
 
 
 class Ledger:
@@ -29,13 +35,30 @@ class Ledger:
         self.count_messages = count_messages
         self.transfers: list[Transfer] = []
 
-    def record(self, round: int, phase: str, site_id: str, direction: str, sizes: dict[DataKind, int]) -> None:
-        for kind, nbytes in sizes.items():
-            self.transfers.append(Transfer(round, phase, site_id, direction, DataKind(kind), int(nbytes)))
+    def record(
+        self, round: int, phase: str, site_id: str, direction: str, sizes: dict[DataKind, int],
+        epsilon: float | None = None,
+    ) -> None:
+        """Book one message's bytes by kind; `epsilon` (its privacy cost) on its weights row (else its first)."""
+        kinds = [DataKind(kind) for kind in sizes]
+        carrier = DataKind.WEIGHTS if DataKind.WEIGHTS in kinds else (kinds[0] if kinds else None)
+        for kind, nbytes in zip(kinds, sizes.values(), strict=True):
+            cost = float(epsilon) if epsilon is not None and kind == carrier else None
+            self.transfers.append(Transfer(round, phase, site_id, direction, kind, int(nbytes), cost))
 
-    def record_message(self, round: int, phase: str, site_id: str, direction: str, sizes: dict) -> None:
+    def record_message(
+        self, round: int, phase: str, site_id: str, direction: str, sizes: dict, epsilon: float | None = None
+    ) -> None:
         if self.count_messages:
-            self.record(round, phase, site_id, direction, sizes)
+            self.record(round, phase, site_id, direction, sizes, epsilon)
+
+    def epsilon_by_site(self) -> dict[str, float]:
+        """The privacy column summed per site (local DP): each site's epsilon spent; {} when nothing was booked."""
+        spent: dict[str, float] = defaultdict(float)
+        for t in self.transfers:
+            if t.epsilon is not None:
+                spent[t.site_id] += t.epsilon
+        return dict(sorted(spent.items()))
 
     def round_bytes(self, round: int) -> int:
         return sum(t.nbytes for t in self.transfers if t.round == round)

@@ -42,6 +42,7 @@ def round_line(record: RoundRecord) -> dict:
         "sites": sites,
         "bytes": record.bytes,
         "wall_s": round(record.wall_s, 4),
+        "notes": record.notes,  # run-level reasons: an aggregate refused, the model kept
     }
 
 

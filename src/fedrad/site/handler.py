@@ -2,6 +2,12 @@
 
 A Site answers Instructions with Replies and nothing else crosses its boundary: weights come in
 and go out as safetensors bytes, evaluation goes out as aggregate statistics.
+
+With local DP (the task's `privacy`, `fedrad.privacy.local`) a fit is DP-SGD: the site first
+composes the privacy it has spent (its state) with the fit it is asked for and declines with
+FailureKind.BUDGET if that would pass its budget; otherwise it trains, keeps the accountant's new
+history in its state (saved before the reply leaves) and reports `epsilon_spent` and
+`epsilon_round` in the reply's metrics.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from torch import nn
 
 from fedrad.codec import decode, encode
 from fedrad.data.base import SiteData, Split
-from fedrad.site.state import FitState, SiteState, SiteStateFile
-from fedrad.site.training import ScaffoldState, SiteError, train_epochs
+from fedrad.privacy.summary import EPSILON_SPENT
+from fedrad.site.state import FitState, SiteState, SiteStateError, SiteStateFile
+from fedrad.site.training import ScaffoldState, SiteError, private_epochs, train_epochs
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, Weights
 
 log = logging.getLogger(__name__)
@@ -54,11 +61,21 @@ class Site:
         self.model = task.build_model()
         self.state_file = state_file  # None: the state lives in memory only (the simulator)
         self.state: SiteState = (state_file.load() if state_file is not None else None) or SiteState()
+        self.privacy = task.privacy  # fedrad.privacy.local.LocalPrivacy, or None: no local DP
+        if self.privacy is not None and self.state.last.privacy_history is None:
+            raise SiteStateError(f"{state_file.path}: site {self.site_id}'s state was written before fedrad accounted "
+                                 "local DP (state version 1): the budget its fits spent is unknown; move it away "
+                                 "to start this site afresh")  # fmt: skip
 
     @property
     def local(self) -> Weights | None:
         """The model after this site's last fit (FedBN's BatchNorm, an ensemble member), or None."""
         return self.state.last.local
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The epsilon this site has spent in this job so far (local DP; 0 without)."""
+        return self.state.last.epsilon_spent
 
     @property
     def control(self) -> Weights | None:
@@ -115,13 +132,18 @@ class Site:
         sent = self._load(instruction, start.local)
         control = instruction.payload.get(DataKind.CONTROL)
         scaffold = ScaffoldState(decode(control), start.control) if control is not None else None
-        loss = train_epochs(
-            self.task, self.model, self.data.train, instruction.fit, instruction.seed, instruction.round,
-            val=self.data.val, scaffold=scaffold,
-        )
+        history, privacy_metrics = (), {}
+        if self.privacy is None:
+            loss = train_epochs(
+                self.task, self.model, self.data.train, instruction.fit, instruction.seed, instruction.round,
+                val=self.data.val, scaffold=scaffold,
+            )
+        else:
+            loss, history, privacy_metrics = self._private_fit(instruction, start, scaffold)
         local = {k: v.copy() for k, v in model_weights(self.model).items()}
         c_i, delta = scaffold.updated() if scaffold is not None else (start.control, None)
-        self.state = self.state.after(instruction.round, FitState(instruction.round, local, c_i))
+        spent = privacy_metrics.get(EPSILON_SPENT, 0.0)
+        self.state = self.state.after(instruction.round, FitState(instruction.round, local, c_i, history, spent))
         if self.state_file is not None:  # on disk before the reply leaves: a restart continues from here
             self.state_file.save(self.state)
         # The entries the site keeps never leave it; the rest of what was sent goes back.
@@ -135,8 +157,20 @@ class Site:
             payload=payload,
             num_examples=len(self.data.train),
             metrics={"train_loss": loss.loss, "epochs": float(loss.epochs)}
-            | ({} if np.isnan(loss.val_loss) else {"val_loss": loss.val_loss}),
+            | ({} if np.isnan(loss.val_loss) else {"val_loss": loss.val_loss}) | privacy_metrics,
         )
+
+    def _private_fit(self, instruction: Instruction, start: FitState, scaffold: ScaffoldState | None):
+        """DP-SGD for this fit, after checking the budget (BudgetExceeded); the outcome, history and metrics."""
+        privacy, fit = self.privacy, instruction.fit
+        if fit.patience is not None:
+            raise SiteError(f"site {self.site_id}: early stopping (patience) is not planned for by local DP")
+        spent = start.privacy_history or ()
+        entry = privacy.planned_fit(self.site_id, len(self.data.train), fit)
+        privacy.check(self.site_id, instruction.round, spent, entry)  # raises BudgetExceeded
+        loss, history = private_epochs(self.task, self.model, self.data.train, fit, instruction.seed,
+                                       instruction.round, privacy, entry[0], spent, scaffold)  # fmt: skip
+        return loss, history, privacy.metrics(spent, history, entry[0])
 
     def _evaluate(self, instruction: Instruction) -> Reply:
         split: Split = self.data.test

@@ -1,18 +1,24 @@
 """A site's own state between fits: kept at the site, in a file next to its data, never sent anywhere.
 
 What one fit leaves for the next (`FitState`): the whole model after it (`local`: FedBN's
-BatchNorm, an ensemble member) and SCAFFOLD's c_i (`control`); the DP budget spent joins them in
-the next issue. `SiteState` holds the last fit's state and the one that fit started from, so an
-instruction for the round already fitted (its reply was lost, the client restarted before
-sending it, the server resumed from its checkpoint) starts where that fit started and gives the
-same reply bit for bit, instead of training twice.
+BatchNorm, an ensemble member), SCAFFOLD's c_i (`control`) and the privacy it has spent (local
+DP, `fedrad.privacy.local`: the Opacus accountant's history after the fit, and its epsilon).
+`SiteState` holds the last fit's state and the one that fit started from, so an instruction for
+the round already fitted (its reply was lost, the client restarted before sending it, the server
+resumed from its checkpoint) starts where that fit started and gives the same reply bit for bit,
+instead of training twice, and spends its privacy budget once.
 
 `SiteStateFile` is one safetensors file: tensors `local/NAME`, `control/NAME` (the last fit) and
 `before/local/NAME`, `before/control/NAME` (what it started from); in the metadata the format and
-version, the job hash, the site id and both rounds. It is written atomically (temporary file,
-fsync, rename) after every fit, before the reply leaves, and read back when the client starts. A
-file of another job or site is ignored with a log line, never mixed in; one that cannot be read
-is a one-line error naming it.
+version, the job hash, the site id, both rounds and both fits' privacy (`privacy`,
+`before_privacy`: the accountant's history as [noise, sample rate, steps] lists, and
+`epsilon_spent`). It is written atomically (temporary file, fsync, rename) after every fit, before
+the reply leaves, and read back when the client starts. A file of another job or site is ignored
+with a log line, never mixed in; one that cannot be read is a one-line error naming it.
+
+Version 1 files (written before privacy was accounted) are read with their spend unknown
+(`privacy_history` None): a site without local DP uses them as before; a site with local DP
+refuses them (`fedrad.site.handler`), since what their fits spent cannot be known.
 
     state_file = SiteStateFile(Path("data/.fedrad-state/hospital-a-0123abcd.safetensors"), job_hash, "hospital-a")
     state = state_file.load() or SiteState()
@@ -32,7 +38,7 @@ from safetensors.numpy import load, save
 from fedrad.types import Weights
 
 log = logging.getLogger(__name__)
-FORMAT, VERSION = "fedrad-site-state", 1
+FORMAT, VERSION = "fedrad-site-state", 2  # 2: the privacy spent joined the metadata
 STATE_FOLDER = ".fedrad-state"  # beside the site's data YAML
 
 
@@ -47,8 +53,11 @@ class FitState:
     round: int = -1  # the round of that fit; -1: none
     local: Weights | None = None  # the whole model after the fit
     control: Weights | None = None  # SCAFFOLD's c_i after the fit (None: zeros, as for a new site)
-    # The next issue adds the privacy budget here (`epsilon_spent: float = 0.0`, kept in the metadata
-    # beside `round`): per fit, so that a repeated round does not spend it twice.
+    # Local DP: the accountant's history after this fit ((noise, sample rate, steps), cumulative over
+    # the job) and its epsilon; per fit, so that a repeated round does not spend it twice.
+    # None: unknown (a version-1 file, written before fedrad accounted privacy).
+    privacy_history: tuple[tuple[float, float, int], ...] | None = ()
+    epsilon_spent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,8 @@ class SiteStateFile:
     def save(self, state: SiteState) -> None:
         tensors = _tensors("", state.last) | _tensors("before/", state.before)
         meta = {"format": FORMAT, "version": VERSION, "job_hash": self.job_hash, "site_id": self.site_id,
-                "round": state.last.round, "before_round": state.before.round}
+                "round": state.last.round, "before_round": state.before.round,
+                "privacy": _privacy_meta(state.last), "before_privacy": _privacy_meta(state.before)}
         _atomic_write(self.path, save(tensors, metadata={"fedrad": json.dumps(meta)}))
 
     def load(self) -> SiteState | None:
@@ -109,7 +119,8 @@ class SiteStateFile:
                             "(replaced at the next fit)", self.path, owner[1], str(owner[0])[:12], self.site_id,
                             self.job_hash[:12])
                 return None
-            last, before = _fit_state(tensors, "", meta["round"]), _fit_state(tensors, "before/", meta["before_round"])
+            last = _fit_state(tensors, "", meta["round"], _privacy(meta, "privacy"))
+            before = _fit_state(tensors, "before/", meta["before_round"], _privacy(meta, "before_privacy"))
             state = SiteState(last, before)
         except Exception as exc:  # safetensors, JSON, a missing key: all mean the same to the admin
             raise SiteStateError(f"{self.path}: not a readable fedrad site state file ({exc}); "
@@ -124,12 +135,28 @@ def _tensors(prefix: str, state: FitState) -> dict[str, np.ndarray]:
     return {f"{prefix}{part}/{n}": np.require(a, requirements="C") for part, ws in parts.items() for n, a in ws.items()}
 
 
-def _fit_state(tensors: dict[str, np.ndarray], prefix: str, round: int) -> FitState:
+def _fit_state(tensors: dict[str, np.ndarray], prefix: str, round: int, privacy: tuple) -> FitState:
     def part(name: str) -> Weights | None:
         start = f"{prefix}{name}/"
         return {k[len(start) :]: a for k, a in tensors.items() if k.startswith(start)} or None
 
-    return FitState(int(round), part("local"), part("control"))
+    history, epsilon = privacy
+    return FitState(int(round), part("local"), part("control"), history if int(round) >= 0 else (), epsilon)
+
+
+def _privacy_meta(state: FitState) -> dict | None:
+    if state.privacy_history is None:
+        return None
+    return {"history": [list(entry) for entry in state.privacy_history], "epsilon_spent": state.epsilon_spent}
+
+
+def _privacy(meta: dict, key: str) -> tuple[tuple[tuple[float, float, int], ...] | None, float]:
+    """(history, epsilon spent) from the metadata; (None, 0.0) for a version-1 file (not accounted)."""
+    if meta["version"] < 2 or meta.get(key) is None:
+        return None, 0.0
+    entry = meta[key]
+    history = tuple((float(s), float(q), int(n)) for s, q, n in entry["history"])
+    return history, float(entry["epsilon_spent"])
 
 
 def _metadata(blob: bytes) -> dict:

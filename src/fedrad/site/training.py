@@ -1,12 +1,15 @@
 """A site's local training: SGD epochs with the FedProx term, SCAFFOLD's correction and early stopping.
 
 One function, `train_epochs`, serves every strategy; what differs is typed in the FitConfig
-(prox_mu, patience) or carried in the instruction (SCAFFOLD's server control variate).
+(prox_mu, patience) or carried in the instruction (SCAFFOLD's server control variate). With local
+DP, `private_epochs` is its DP-SGD twin (Opacus; the rules are in `fedrad.privacy.local`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +17,9 @@ from torch import nn
 
 from fedrad.data.base import Split
 from fedrad.types import FailureError, FailureKind, FitConfig, Weights
+
+if TYPE_CHECKING:
+    from fedrad.privacy.local import History, LocalPrivacy
 
 
 class SiteError(FailureError, ValueError):
@@ -66,7 +72,8 @@ class ScaffoldState:
         return new, delta
 
 
-def _params(model: nn.Module) -> Weights:
+def params_of(model: nn.Module) -> Weights:
+    """The model's trainable parameters as numpy copies (SCAFFOLD's x and y)."""
     return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
 
@@ -96,7 +103,7 @@ def train_epochs(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
     if scaffold is not None:
-        scaffold.start, scaffold.lr = _params(model), lr
+        scaffold.start, scaffold.lr = params_of(model), lr
     early = fit.patience is not None and val is not None and len(val) > 0
     best, best_state, since_best, epochs_run = float("inf"), None, 0, 0
     total, batches = 0.0, 0
@@ -135,5 +142,78 @@ def train_epochs(
     if best_state is not None:
         model.load_state_dict(best_state)
     if scaffold is not None:
-        scaffold.end = _params(model)
+        scaffold.end = params_of(model)
     return TrainOutcome(total / batches, epochs_run, best if early else float("nan"))
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    """One of the fit's independent random streams (0: the Poisson batches, 1: the noise)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))
+
+
+def private_epochs(
+    task, model: nn.Module, split: Split, fit: FitConfig, seed: int, round: int, privacy: LocalPrivacy,
+    noise: float, history: History, scaffold: ScaffoldState | None = None,
+) -> tuple[TrainOutcome, History]:
+    """DP-SGD for `fit.epochs` epochs through Opacus; the outcome and the accountant's history after it.
+
+    1) Opacus wraps the model (hooks only: the site's model object stays), the optimizer (clip and
+       noise) and the data (Poisson sampling), its accountant starting from this site's `history`.
+    2) FedProx: mu * (w - w_global) is added to the noisy gradient, before the step.
+    3) SCAFFOLD: c - c_i likewise.
+    """
+    from opacus import PrivacyEngine
+
+    inputs, targets = torch.from_numpy(split.inputs), torch.from_numpy(split.targets)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets),
+                                         batch_size=fit.batch_size, generator=_generator(seed, 0))  # fmt: skip
+    lr = fit.lr_at(round)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
+    if scaffold is not None:
+        scaffold.start, scaffold.lr = params_of(model), lr
+    model.train()  # Opacus wraps a model in training mode only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure RNG off (seeded on purpose); full backward hooks on inputs
+        engine = PrivacyEngine(accountant=privacy.accountant)
+        engine.accountant.history = list(history)
+        hooks, dp_optimizer, batches = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
+            max_grad_norm=privacy.max_grad_norm, poisson_sampling=True, noise_generator=_generator(seed, 1),
+            wrap_model=False,
+        )
+        try:
+            total, counted = _steps(task, model, batches, dp_optimizer, fit, anchor, scaffold)
+        finally:
+            hooks.cleanup()
+    if counted == 0:
+        raise SiteError(f"site has too few training examples ({len(inputs)}) for one batch", FailureKind.ERROR)
+    if scaffold is not None:
+        scaffold.end = params_of(model)
+    after = tuple((float(s), float(q), int(n)) for s, q, n in engine.accountant.history)
+    return TrainOutcome(total / counted, fit.epochs, float("nan")), after
+
+
+def _steps(task, model, batches, optimizer, fit: FitConfig, anchor, scaffold) -> tuple[float, int]:
+    """Every epoch's steps; the summed loss and the number of non-empty batches it was summed over."""
+    total, counted = 0.0, 0
+    for _ in range(fit.epochs):
+        model.train()
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.loss(model, x, y)
+            loss.backward()  # an empty Poisson batch still steps: its update is the noise alone
+            if not optimizer.pre_step():  # clip, add noise, account
+                continue
+            with torch.no_grad():
+                for i, (name, p) in enumerate(model.named_parameters()):
+                    if anchor is not None:
+                        p.grad += fit.prox_mu * (p - anchor[i])
+                    if scaffold is not None:
+                        p.grad += scaffold.correction(name, p.grad)
+            optimizer.original_optimizer.step()
+            if scaffold is not None:
+                scaffold.steps += 1
+            if len(x):
+                total, counted = total + float(loss.detach()), counted + 1
+    return total, counted

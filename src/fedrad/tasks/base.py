@@ -3,6 +3,8 @@
 Every task (classification, segmentation, tabular) offers the same parts, so the site, the
 evaluation and the ensemble never ask which kind they serve:
 - `kind` and `primary_metric` (what the summary ranks by: balanced accuracy, or Dice);
+- `privacy`: the job's local DP (`fedrad.privacy.local.LocalPrivacy`) or None; when set, `build_model`
+  converts the model for per-sample gradients (BatchNorm to GroupNorm), at the server and every site;
 - `build_model()`, `loss(model, inputs, targets)`;
 - `predict(model, inputs)`: what an ensemble member sends (class or per-pixel probabilities);
 - `stats(probs, targets)`: summable statistics of given probabilities (an ensemble's combined outputs);
@@ -19,11 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fedrad.privacy.local import LocalPrivacy
 
 TaskKind = Literal["classification", "segmentation", "tabular"]
 
@@ -32,6 +37,7 @@ TaskKind = Literal["classification", "segmentation", "tabular"]
 class Task(Protocol):
     kind: ClassVar[TaskKind]
     primary_metric: ClassVar[str]
+    privacy: LocalPrivacy | None
 
     def build_model(self) -> nn.Module: ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ from torch import nn
 
 from fedrad.tasks.base import TaskKind
 from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
+
+if TYPE_CHECKING:
+    from fedrad.privacy.local import LocalPrivacy
 
 
 class SmallCNN(nn.Module):
@@ -50,9 +53,11 @@ class ClassificationTask:
     in_channels: int = 1
     num_classes: int = 2
     channels: tuple[int, ...] = (16, 32, 64)
+    privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
 
     def build_model(self) -> nn.Module:
-        return SmallCNN(self.in_channels, self.num_classes, self.channels)
+        model = SmallCNN(self.in_channels, self.num_classes, self.channels)
+        return model if self.privacy is None else self.privacy.convert(model)  # BatchNorm -> GroupNorm
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(inputs), targets)

@@ -16,13 +16,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedrad.tasks.base import TaskKind
+
+if TYPE_CHECKING:
+    from fedrad.privacy.local import LocalPrivacy
 
 DICE_EPS = 1e-8
 
@@ -111,11 +114,13 @@ class SegmentationTask:
     in_channels: int = 1
     channels: tuple[int, ...] = (8, 16, 32)  # small on purpose: trains in minutes on a CPU
     num_res_units: int = 1
+    privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
 
     def build_model(self) -> nn.Module:
         if len(self.channels) < 2:
             raise ValueError(f"segmentation needs at least two UNet levels, got channels {list(self.channels)}")
-        return StandardizedUNet(self.in_channels, tuple(self.channels), self.num_res_units)
+        model = StandardizedUNet(self.in_channels, tuple(self.channels), self.num_res_units)
+        return model if self.privacy is None else self.privacy.convert(model)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         from monai.losses import DiceCELoss

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from torch import nn
 
 from fedrad.tasks.base import TaskKind
 from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
+
+if TYPE_CHECKING:
+    from fedrad.privacy.local import LocalPrivacy
 
 
 class MLP(nn.Module):
@@ -48,9 +51,11 @@ class TabularTask:
     num_features: int
     num_classes: int = 2
     hidden: tuple[int, ...] = (32, 16)
+    privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
 
     def build_model(self) -> nn.Module:
-        return MLP(self.num_features, self.num_classes, tuple(self.hidden))
+        model = MLP(self.num_features, self.num_classes, tuple(self.hidden))
+        return model if self.privacy is None else self.privacy.convert(model)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(inputs), targets)

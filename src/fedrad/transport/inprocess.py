@@ -17,6 +17,12 @@ class InProcessTransport:
     def __init__(self, sites: Mapping[str, object]):
         self.sites = dict(sites)
 
+    def declared_examples(self, site_id: str) -> int | None:
+        """The training examples a site holds (`len(site.data.train)`), as a deployed site declares them
+        in its first request; None for an unknown site or one without data (a stub)."""
+        data = getattr(self.sites.get(site_id), "data", None)  # a Site holds its SiteData; a test stub may not
+        return len(data.train) if data is not None else None
+
     def dispatch(self, instructions: Sequence[Instruction]) -> list[Reply]:
         return [self._deliver(instruction) for instruction in instructions]
 
