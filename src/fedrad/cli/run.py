@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedrad.cli.audit import register as register_audit_commands
 from fedrad.cli.data import register as register_data_commands
 from fedrad.cli.deploy import register as register_deploy_commands
 from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
@@ -36,7 +37,7 @@ def _load(config_path: Path) -> JobConfig:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -50,7 +51,7 @@ def _sites(config: JobConfig, methods: list[str]) -> list:
             check_strategy(method, kind)
         return sites
     except FederationError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -175,6 +176,7 @@ def compare(
 
 register_deploy_commands(app)  # provision / server / client / status: fedrad/cli/deploy.py
 register_data_commands(app)  # data check: fedrad/cli/data.py
+register_audit_commands(app)  # audit: fedrad/cli/audit.py
 
 
 if __name__ == "__main__":

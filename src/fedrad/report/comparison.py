@@ -127,6 +127,7 @@ def write_comparison(out: Path, summaries: list[dict]) -> str:
     the markdown. Every number shown is read from, or computed from, comparison.json's summaries
     (the bias measures by fedrad.report.bias.add_bias)."""
     atomic_write(out / "comparison.json", json.dumps(summaries, indent=2).encode())
+    summaries = [_with_audit(out, summary) for summary in summaries]
     metric = primary_metric(summaries)
     summaries = add_bias(summaries, metric)
     figures = plots.figures(summaries, metric)
@@ -138,6 +139,12 @@ def write_comparison(out: Path, summaries: list[dict]) -> str:
     page = render_html("fedrad comparison", INTRO, sections(summaries, metric), figures)
     atomic_write(out / "report.html", page.encode())
     return markdown
+
+
+def _with_audit(out: Path, summary: dict) -> dict:
+    """The summary with its run folder's audit.json (`fedrad audit out/METHOD`), when there is one."""
+    path = out / str(summary.get("method")) / "audit.json"
+    return summary | {"audit": json.loads(path.read_text())} if path.is_file() else summary
 
 
 def rebuild_report(out: Path) -> str:

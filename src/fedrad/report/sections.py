@@ -101,4 +101,44 @@ def cross_site(summaries: list[dict], metric: str) -> Section | None:
 def sections(summaries: list[dict], metric: str) -> list[Section]:
     found = [table1(summaries, metric), worst_sites(summaries, metric), recency(summaries, metric),
              budget(summaries), cross_site(summaries, metric)]  # fmt: skip
+    for summary in summaries:  # a method's run folder that was audited (`fedrad audit`): its leakage
+        if summary.get("audit"):
+            found += [(f"{title} ({summary['method']})", note, header, rows)
+                      for title, note, header, rows in leakage_audit(summary["audit"])]
     return [s for s in found if s is not None]
+
+
+def leakage_audit(audit: dict) -> list[Section]:
+    """The leakage audit of one run (its audit.json, `fedrad audit RUN_DIR`): membership inference per
+    site and pooled, then the gradient inversion's image quality without and with DP."""
+    attacks = [a for a in ("loss", "reference") if a in audit["attacks"]]
+    header = ["site", "members", "non-members"] + [f"{a} {m}" for a in attacks for m in ("AUC", "TPR@1%", "TPR@0.1%")]
+
+    def row(name: str, by_attack: dict) -> list[str]:
+        counts = by_attack[attacks[0]]
+        cells = [name, str(counts["members"]), str(counts["non_members"])]
+        return cells + [_f(by_attack[a][k]) for a in attacks for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr")]
+
+    rows = [row(site, by_attack) for site, by_attack in audit["sites"].items()] + [row("pooled", audit["attacks"])]
+    m, populations = audit["membership"], audit.get("populations", {})
+    note = (
+        f"Membership inference on the final model; stronger attack: {m.get('attack', 'n/a')} (pooled AUC "
+        f"{_f(m['auc'])}; 0.5 is chance). loss: -loss threshold; reference: offline LiRA against reference "
+        f"models trained as the job on fresh phantom scans. Non-members: {populations.get('non_members', 'n/a')}."
+    )
+    sections: list[Section] = [("Leakage audit: membership inference", note, header, rows)]
+    inv = audit.get("inversion")
+    if inv:
+        dp = inv["dp"]
+        budget = f"epsilon {dp['epsilon']:g}" if dp.get("epsilon") is not None else "the job's noise"
+        inv_rows = [["no DP", _f(inv["no_dp"]["psnr"]), _f(inv["no_dp"]["ssim"])],
+                    [f"DP-SGD, noise multiplier {dp['noise_multiplier']:.2f} ({budget})", _f(dp["psnr"]),
+                     _f(dp["ssim"])]]  # fmt: skip
+        if "random" in inv:
+            inv_rows.append(["random start (nothing recovered)", _f(inv["random"]["psnr"]), _f(inv["random"]["ssim"])])
+        inv_note = (
+            f"Inverting Gradients (Geiping et al. 2020) on site {inv['site']}'s one-step update of {inv['batch']} "
+            f"scan(s) at {inv['image_size']}x{inv['image_size']}; picture: {inv['picture']} (original, no DP, DP)."
+        )
+        sections.append(("Leakage audit: gradient inversion", inv_note, ["update", "PSNR dB", "SSIM"], inv_rows))
+    return sections
