@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -16,11 +22,13 @@ from fedrad.cli.data import register as register_data_commands
 from fedrad.cli.deploy import register as register_deploy_commands
 from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.report.comparison import method_header, method_rows, primary_metric, site_rows, write_comparison
-from fedrad.run.federation import FederationError, check_strategy, resolve_kind
+from fedrad.report.sections import run_name
+from fedrad.run.federation import FederationError, check_privacy, check_strategy, resolve_kind
 from fedrad.run.simulate import MethodRun, build_sites, build_task
 from fedrad.run.summary import exit_code, worst
 from fedrad.server.evaluation import summarize
-from fedrad.strategies import registry
+from fedrad.server.results import atomic_write
+from fedrad.strategies import central_dp, registry
 
 app = typer.Typer(add_completion=False, help="Federated learning for medical imaging.", no_args_is_help=True)
 # Piped output (make demo under CI, a log file) gets a width that fits the tables instead of 80 columns.
@@ -41,30 +49,35 @@ def _load(config_path: Path) -> JobConfig:
         raise typer.Exit(2) from None
 
 
-def _sites(config: JobConfig, methods: list[str]) -> list:
-    """The job's sites; a site with no usable data or refused preprocessing, or a method the task
-    cannot support (fedbn on the tabular MLP), ends the command before anything runs (exit 2)."""
+def _sites(config: JobConfig, methods: list[str], sites: list | None = None) -> list:
+    """The job's sites (or `sites`, already built); a site with no usable data or refused preprocessing, or a
+    method the task or the job's privacy cannot support (fedbn on the tabular MLP, cds with central DP),
+    ends the command before anything runs (exit 2)."""
     try:
-        sites = build_sites(config)
+        sites = build_sites(config) if sites is None else sites
         kind = resolve_kind(config, sites)
         for method in methods:
             check_strategy(method, kind)
+            check_privacy(for_strategy(config, method))
+            if config.privacy.mode == "central" and (why := central_dp.refusal(method)):
+                raise FederationError(f"strategy '{method}' cannot run with privacy mode 'central': {why}")
         return sites
     except FederationError as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
-def _run_method(config: JobConfig, method: str, out: Path, sites) -> dict:
+def _run_method(config: JobConfig, method: str, out: Path, sites, label: str | None = None) -> dict:
     job = for_strategy(config, method)  # the job as this method runs it (its own strategy section)
     total = registry.get(method).rounds(job.train.rounds, len(sites), job.strategy)
     metric = build_task(job, sites).primary_metric
+    label = label or method
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"{method:>8}", total=total)
+        bar = progress.add_task(f"{label:>8}", total=total)
 
         def on_round(record) -> None:
-            text = f"{method:>8}"
+            text = f"{label:>8}"
             if record.evaluations:
                 pooled, _ = summarize(record.evaluations)
                 text += f"  pooled {metric} {pooled.get(metric, float('nan')):.3f}"
@@ -84,7 +97,8 @@ def _results_table(title: str, summaries: list[dict]) -> Table:
 def _print_health(summaries: list[dict]) -> None:
     """Each run's status; a run that is not ok, with its reasons, on stderr."""
     for s in summaries:
-        status, where = s.get("status", "ok"), f"{s['method']}: " if len(summaries) > 1 else ""
+        name = run_name(s["method"], s.get("sweep"))
+        status, where = s.get("status", "ok"), f"{name}: " if len(summaries) > 1 else ""
         if status == "ok":
             console.print(f"{where}status: ok")
             continue
@@ -112,6 +126,116 @@ def _with_companions(methods: list[str]) -> list[str]:
     return out
 
 
+NO_DP = ("inf", "none")  # privacy.epsilon=inf (or none): that point runs without DP (privacy.mode none)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One value of `--sweep KEY=V1,V2,...`: the job with KEY set, and what each run's summary records."""
+
+    config: JobConfig
+    record: dict[str, Any]  # summary["sweep"]: {key, value (as the job holds it; null: no DP), label}
+
+
+def _refuse(message: str) -> typer.Exit:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _scalar(token: str) -> Any:
+    """A value as YAML reads it (8 -> 8, 0.05 -> 0.05, null -> None, rdp -> 'rdp')."""
+    try:
+        value = yaml.safe_load(token)
+    except yaml.YAMLError:
+        return token
+    return value if value is None or isinstance(value, bool | int | float | str) else token
+
+
+def _set(mapping: dict, key: str, value: Any) -> None:
+    """Set the dotted `key` in the job mapping, creating missing sections (validation refuses unknown ones)."""
+    *parents, leaf = key.split(".")
+    for depth, part in enumerate(parents, 1):
+        if mapping.get(part) is None:  # an absent optional section (data.partition): validation judges it
+            mapping[part] = {}
+        elif not isinstance(mapping[part], dict):
+            raise ValueError(f"key '{'.'.join(parents[:depth])}' is a value, not a section of the job")
+        mapping = mapping[part]
+    mapping[leaf] = value
+
+
+def _get(mapping: dict, key: str) -> Any:
+    for part in key.split("."):
+        mapping = mapping.get(part) if isinstance(mapping, dict) else None
+    return mapping
+
+
+def _sweep_point(config: JobConfig, key: str, token: str) -> SweepPoint:
+    """The job with `key` set to `token`, validated as a job YAML is; ValueError (one line) if it is not one."""
+    raw = config.model_dump(mode="json")
+    off = key == "privacy.epsilon" and token.lower() in NO_DP
+    if off:
+        raw["privacy"] = {**raw["privacy"], "mode": "none", "epsilon": None}
+    elif key == "privacy.epsilon" and config.privacy.mode == "none":
+        raise ValueError(f"privacy.epsilon={token}: the job's privacy.mode is 'none'; set privacy.mode (local or "
+                         "central) in the job to sweep epsilon ('inf' or 'none' is a point without DP)")
+    else:
+        try:
+            _set(raw, key, _scalar(token))
+        except ValueError as exc:
+            raise ValueError(f"{key}={token}: {exc}") from None
+    try:
+        swept = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or key
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ValueError(f"{key}={token}: key '{where}': {message}") from None
+    swept._folder = config._folder  # relative data.sites stay relative to the job YAML
+    value = _get(swept.model_dump(mode="json"), key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}={token}: key '{key}': not a finite number (inf means no DP for privacy.epsilon only)")
+    label = "inf" if off else (f"{value:g}" if isinstance(value, float) else str(value))
+    return SweepPoint(swept, {"key": key, "value": value, "label": re.sub(r"[^A-Za-z0-9._+-]", "_", label)})
+
+
+def _sweep(config: JobConfig, text: str) -> list[SweepPoint]:
+    """`--sweep KEY=V1,V2,...` as one validated job per value; a bad key or value ends the command (exit 2)."""
+    key, _, values = text.partition("=")
+    key, tokens = key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+    if not key or not tokens:
+        raise _refuse(f"--sweep '{text}': expected KEY=V1,V2,... with one job key, e.g. privacy.epsilon=1,4,8,inf")
+    if key in ("strategy", "strategy.name"):
+        raise _refuse(f"--sweep {key}: the methods are chosen with --methods")
+    try:
+        points = [_sweep_point(config, key, token) for token in tokens]
+    except ValueError as exc:
+        raise _refuse(f"--sweep {exc}") from None
+    labels = [p.record["label"] for p in points]
+    if len(set(labels)) < len(labels):
+        raise _refuse(f"--sweep {text}: a value is given twice ({', '.join(labels)})")
+    return points
+
+
+def _points_sites(points: list[SweepPoint | None], config: JobConfig, methods: list[str]) -> list:
+    """Each point's sites (built once per distinct data section), every method checked on every point."""
+    built: dict[str, list] = {}
+    out = []
+    for job in (point.config if point else config for point in points):
+        data = json.dumps([job.data.model_dump(mode="json"), job.seed, job.task.model_dump(mode="json")])
+        built[data] = _sites(job, methods, built.get(data))
+        out.append(built[data])
+    return out
+
+
+def _with_sweep(run_dir: Path, summary: dict, point: SweepPoint | None) -> dict:
+    """The summary with its sweep value, also in its run folder's summary.json."""
+    if point is None:
+        return summary
+    summary = {**summary, "sweep": point.record}
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
 @app.command()
 def run(config_path: ConfigArg, out: OutOption, strict: StrictOption = False) -> None:
     """Run the configured strategy on the configured sites; write the results contract to OUT.
@@ -137,14 +261,23 @@ def compare(
     methods: Annotated[
         str, typer.Option(help=f"comma-separated, from {','.join(registry.names())}")
     ] = "fedavg,cds,local",
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="KEY=V1,V2,...: one job key (dotted, e.g. privacy.epsilon=1,4,8,inf), several values; "
+                     "every method runs at each value, in OUT/METHOD@LEAF=VALUE (fedavg@epsilon=8). privacy.epsilon "
+                     "inf or none: no DP at that point; other epsilons need the job's privacy.mode local or central"),
+    ] = None,
     strict: StrictOption = False,
 ) -> None:
     """Run several methods on the same sites, seed and budget; write comparison.json and report.md.
 
     Each method runs with its own strategy section: the job's when the job names it, else its defaults
     with the job's values for the keys they share. A method's companions (swt: swt-reversed, for the
-    recency bias) run right after it. Exits with the worst of the methods' statuses (as `fedrad run`),
-    after writing the comparison and the report."""
+    recency bias) run right after it. With --sweep, every method runs on the job with the key set to
+    each value in turn (validated as the job YAML is, before anything runs; one key at a time), each
+    summary records it as `sweep`, and the report plots the pooled metric (and, after `fedrad audit`
+    of the run folders, the membership AUC) against the value. Exits with the worst of the runs'
+    statuses (as `fedrad run`), after writing the comparison and the report."""
     config = _load(config_path)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in registry.names()]
@@ -153,11 +286,15 @@ def compare(
         errors.print(f"error: --methods: unknown method(s) {unknown or chosen}; registered: {registered}")
         raise typer.Exit(2)
     chosen = _with_companions(chosen)
-    sites = _sites(config, chosen)
+    points: list[SweepPoint | None] = _sweep(config, sweep) if sweep else [None]
+    point_sites = _points_sites(points, config, chosen)
     summaries = []
     try:
-        for method in chosen:
-            summaries.append(_run_method(config, method, out / method, sites))
+        for point, sites in zip(points, point_sites, strict=True):
+            for method in chosen:
+                name = run_name(method, point.record if point else None)
+                summary = _run_method(point.config if point else config, method, out / name, sites, name)
+                summaries.append(_with_sweep(out / name, summary, point))
     except KeyboardInterrupt:
         errors.print(f"interrupted: completed methods and rounds are in {out}")
         raise typer.Exit(130) from None

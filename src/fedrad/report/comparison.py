@@ -8,7 +8,7 @@ from pathlib import Path
 from fedrad.report import plots
 from fedrad.report.bias import add_bias
 from fedrad.report.html import render_html
-from fedrad.report.sections import sections
+from fedrad.report.sections import run_name, sections
 from fedrad.server.results import atomic_write
 
 INTRO = (
@@ -49,7 +49,7 @@ def method_rows(summaries: list[dict]) -> list[list[str]]:
         moved = [k for k, v in by_kind.items() if v > 0]
         rows.append(
             [
-                s["method"] + (" (sim only)" if s["simulation_only"] else ""),
+                run_name(s["method"], s.get("sweep")) + (" (sim only)" if s["simulation_only"] else ""),
                 ", ".join(moved) or "nothing",
                 _mb(s["ledger"]["total_bytes"]),
                 _mb(s["ledger"]["by_phase"].get("train", 0)),
@@ -75,7 +75,7 @@ METHOD_HEADER = [
 
 def site_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     sites = sorted({site for s in summaries for site in s["sites"]})
-    header = ["site", "n train"] + [s["method"] for s in summaries]
+    header = ["site", "n train"] + [run_name(s["method"], s.get("sweep")) for s in summaries]
     metric = primary_metric(summaries)
     rows = []
     for site in sites:
@@ -129,21 +129,33 @@ def write_comparison(out: Path, summaries: list[dict]) -> str:
     atomic_write(out / "comparison.json", json.dumps(summaries, indent=2).encode())
     summaries = [_with_audit(out, summary) for summary in summaries]
     metric = primary_metric(summaries)
-    summaries = add_bias(summaries, metric)
+    summaries = _bias_per_point(summaries, metric)
     figures = plots.figures(summaries, metric)
     for name, png in figures.items():
         atomic_write(out / name, png)
     markdown = render_markdown(summaries) + "\n" + _measured_sections(summaries, metric)
-    markdown += "\n## Figures\n\n" + "\n".join(f"![{name}]({name})" for name in figures) + "\n"
+    markdown += "\n## Figures\n\n" + "\n".join(f"![{plots.title(name)}]({name})" for name in figures) + "\n"
     atomic_write(out / "report.md", markdown.encode())
-    page = render_html("fedrad comparison", INTRO, sections(summaries, metric), figures)
+    titled = {plots.title(name): png for name, png in figures.items()}  # headed in words, not by file name
+    page = render_html("fedrad comparison", INTRO, sections(summaries, metric), titled)
     atomic_write(out / "report.html", page.encode())
     return markdown
 
 
+def _bias_per_point(summaries: list[dict], metric: str) -> list[dict]:
+    """add_bias within each swept value's runs (worst-site gain against local-only at the same value), in order."""
+    points = [(s.get("sweep") or {}).get("label") for s in summaries]
+    biased: dict[int, dict] = {}
+    for point in dict.fromkeys(points):
+        group = [i for i, p in enumerate(points) if p == point]
+        biased |= dict(zip(group, add_bias([summaries[i] for i in group], metric), strict=True))
+    return [biased[i] for i in range(len(summaries))]
+
+
 def _with_audit(out: Path, summary: dict) -> dict:
-    """The summary with its run folder's audit.json (`fedrad audit out/METHOD`), when there is one."""
-    path = out / str(summary.get("method")) / "audit.json"
+    """The summary with its run folder's audit.json (`fedrad audit out/METHOD`, with a sweep
+    out/METHOD@KEY=VALUE), when there is one."""
+    path = out / run_name(str(summary.get("method")), summary.get("sweep")) / "audit.json"
     return summary | {"audit": json.loads(path.read_text())} if path.is_file() else summary
 
 

@@ -20,8 +20,64 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:.2f}"
 
 
+def run_name(method: str, sweep: dict | None = None) -> str:
+    """A run's name and its folder in the comparison: the method, with a sweep its value (`fedavg@epsilon=8`)."""
+    return method if not sweep else f"{method}@{sweep['key'].rsplit('.', 1)[-1]}={sweep['label']}"
+
+
 def _label(s: dict) -> str:
-    return s["method"] + (" (sim only)" if s["simulation_only"] else "")
+    return run_name(s["method"], s.get("sweep")) + (" (sim only)" if s["simulation_only"] else "")
+
+
+def sweep_axis(summaries: list[dict]) -> list[dict]:
+    """The swept values in their order on the axis: numbers ascending, then a null value (privacy.epsilon
+    inf: no DP) last; values that are not all numbers in the order given. Each is a summary's `sweep`."""
+    points = list({s["sweep"]["label"]: s["sweep"] for s in summaries if s.get("sweep")}.values())
+    numbers = [p for p in points if isinstance(p["value"], int | float) and not isinstance(p["value"], bool)]
+    if len(numbers) == len([p for p in points if p["value"] is not None]):
+        return sorted(numbers, key=lambda p: p["value"]) + [p for p in points if p["value"] is None]
+    return points
+
+
+def sweep_tick(point: dict) -> str:
+    """A swept value as the report writes it: `inf (no DP)` for the privacy.epsilon point without DP."""
+    no_dp = point["key"] == "privacy.epsilon" and point["value"] is None
+    return f"{point['label']} (no DP)" if no_dp else point["label"]
+
+
+def epsilon_spent(summary: dict) -> float | None:
+    """The largest epsilon a site spent (local DP), the federation's (central DP); None without DP."""
+    privacy = summary.get("privacy") or {}
+    if privacy.get("mode") == "central":
+        return privacy.get("epsilon_final")
+    spent = [site["epsilon_spent"] for site in (privacy.get("sites") or {}).values() if "epsilon_spent" in site]
+    return max(spent) if spent else None
+
+
+def sweep(summaries: list[dict], metric: str) -> Section | None:
+    """One row per (method, swept value): the pooled metric, the worst site, the privacy spent and leaked."""
+    axis = [p["label"] for p in sweep_axis(summaries)]
+    runs = [s for s in summaries if s.get("sweep")]
+    if not runs:
+        return None
+    methods = list(dict.fromkeys(s["method"] for s in runs))
+    runs.sort(key=lambda s: (methods.index(s["method"]), axis.index(s["sweep"]["label"])))
+    rows = []
+    for s in runs:
+        sites = [m[metric] for m in s["sites"].values() if metric in m]
+        audit = (s.get("audit") or {}).get("membership") or {}
+        privacy = s.get("privacy") or {}
+        spent = "no DP" if privacy.get("mode", "none") == "none" else _f(epsilon_spent(s))
+        rows.append([s["method"], sweep_tick(s["sweep"]), _f(s["pooled"].get(metric)),
+                     _f(min(sites) if sites else None), spent, _f(audit.get("auc"))])  # fmt: skip
+    key = runs[0]["sweep"]["key"]
+    note = (
+        f"Every method at each value of {key} (`fedrad compare --sweep`), in the run folders METHOD@KEY=VALUE. "
+        "epsilon spent: the largest over the sites (local DP) or the federation's (central DP); membership "
+        "AUC: the stronger attack's pooled AUC from `fedrad audit` of the run folder (n/a: not audited; 0.5 is chance)."
+    )
+    header = ["method", key, f"pooled {metric}", "site min", "epsilon spent (max over sites)", "membership AUC"]
+    return f"Sweep: {key}", note, header, rows
 
 
 def table1(summaries: list[dict], metric: str) -> Section:
@@ -99,11 +155,11 @@ def cross_site(summaries: list[dict], metric: str) -> Section | None:
 
 
 def sections(summaries: list[dict], metric: str) -> list[Section]:
-    found = [table1(summaries, metric), worst_sites(summaries, metric), recency(summaries, metric),
-             budget(summaries), cross_site(summaries, metric)]  # fmt: skip
+    found = [table1(summaries, metric), sweep(summaries, metric), worst_sites(summaries, metric),
+             recency(summaries, metric), budget(summaries), cross_site(summaries, metric)]  # fmt: skip
     for summary in summaries:  # a method's run folder that was audited (`fedrad audit`): its leakage
         if summary.get("audit"):
-            found += [(f"{title} ({summary['method']})", note, header, rows)
+            found += [(f"{title} ({run_name(summary['method'], summary.get('sweep'))})", note, header, rows)
                       for title, note, header, rows in leakage_audit(summary["audit"])]
     return [s for s in found if s is not None]
 
