@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -82,21 +81,19 @@ def _check_counts(summary_path: Path, sites: list) -> None:
 
 
 def dp_noise(config: JobConfig, num_train: int, epsilon: float) -> tuple[float, float | None]:
-    """(noise multiplier, epsilon it stands for): the job's own, or the one that spends `epsilon` at the
-    job's delta over the site's whole training (rounds x local epochs at batch_size / num_train)."""
-    from opacus.accountants.utils import get_noise_multiplier
+    """(noise multiplier, epsilon it stands for): the job's own, or the one a site of `num_train` examples
+    calibrates to spend `epsilon` at the job's delta over its whole training (fedrad.privacy.local: the
+    same sample rate and step count as the site's DP-SGD)."""
+    from fedrad.privacy.local import LocalPrivacy
 
     privacy = config.privacy
     if privacy.mode != "none" and privacy.noise_multiplier is not None:
         return privacy.noise_multiplier, None
     target = privacy.epsilon if privacy.mode != "none" and privacy.epsilon is not None else epsilon
-    rate = min(1.0, config.train.batch_size / max(num_train, 1))
-    epochs = config.train.rounds * config.train.local_epochs
-    with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha": a looser bound, still valid
-        warnings.simplefilter("ignore", UserWarning)
-        sigma = get_noise_multiplier(target_epsilon=target, target_delta=privacy.delta, sample_rate=rate,
-                                     epochs=epochs, accountant=privacy.accountant)  # fmt: skip
-    return float(sigma), float(target)
+    train = config.train
+    local = LocalPrivacy(target, privacy.delta, privacy.max_grad_norm, None, privacy.accountant,
+                         train.rounds, train.local_epochs, train.batch_size)  # fmt: skip
+    return local.noise_for(max(num_train, 1)), float(target)
 
 
 def inversion_section(config, task, targets, sites, run_dir: Path, site: str | None, batch: int, size: int,

@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,17 +121,29 @@ class UpdateValidator:
         return None
 
 
+PIECE = 1 << 20  # elements per piece: the norms' float64 temporaries stay 8 MB whatever a tensor's size
+
+
+def _pieces(array: np.ndarray) -> Iterator[np.ndarray]:
+    """The array's elements in pieces of at most PIECE, as float64 (a view of each piece, then its copy)."""
+    flat = np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, PIECE):
+        yield flat[start : start + PIECE].astype(np.float64)
+
+
 def update_norm(received: Weights, sent: Weights) -> float:
-    """L2 norm of (received - sent) over the float entries of `sent`, in float64, overflow-safe (`scaled_norm`)."""
+    """L2 norm of (received - sent) over the float entries of `sent`, in float64, overflow-safe (`scaled_norm`),
+    piece by piece: the server holds an update and the model, not float64 copies of them."""
     return scaled_norm(
-        np.asarray(received[name], np.float64) - np.asarray(reference, np.float64)
+        new - old
         for name, reference in sent.items() if reference.dtype.kind == "f"
+        for new, old in zip(_pieces(received[name]), _pieces(reference), strict=True)
     )
 
 
 def model_norm(weights: Weights) -> float:
-    """L2 norm of the float entries of `weights` (the first round's reference)."""
-    return scaled_norm(np.asarray(a, np.float64) for a in weights.values() if a.dtype.kind == "f")
+    """L2 norm of the float entries of `weights` (the first round's reference), piece by piece."""
+    return scaled_norm(piece for a in weights.values() if a.dtype.kind == "f" for piece in _pieces(a))
 
 
 def scaled_norm(arrays: Iterable[np.ndarray]) -> float:
