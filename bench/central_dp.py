@@ -3,11 +3,10 @@
 Runs the job (default examples/phantom.yaml) through the simulator's own machinery
 (`fedrad.run.simulate.MethodRun`): once without DP (the baseline, same process), then with
 `privacy: {mode: central, epsilon: E, delta: 1e-5, max_grad_norm: S}` for each E, with
-`validation.norm_multiplier: null` (the clip bounds every update; the relative bound would reject
-every update trained from a noisy model). The wrapper is
-put in by patching `simulate.build_strategy` in this process only, the way the simulator wires
-`central_dp.wrap` when `privacy.mode == "central"`. Prints the pooled balanced accuracy, the noise
-multiplier z, the per-coordinate noise std on the mean update z S / n, and the epsilon spent.
+the simulator's own wiring (`simulate.with_privacy` wraps the strategy in `central_dp`, and
+`simulate.update_validator` turns the relative norm bound off: the clip bounds every update).
+Prints the pooled balanced accuracy, the noise multiplier z, the per-coordinate noise std on the
+mean update z S / n, and the epsilon spent.
 
     python bench/central_dp.py [--job examples/phantom.yaml] [--epsilons 1 4 8] [--clip 1.0] [--rounds N]
 """
@@ -23,40 +22,14 @@ import torch
 
 from fedrad.config import load_config
 from fedrad.run import simulate
-from fedrad.strategies import central_dp
-
-_plain_build = simulate.build_strategy
-
-
-def build_with_privacy(config, method=None):
-    """`simulate.build_strategy`, wrapped by central DP when the job asks for it (the coordinator's wiring)."""
-    strategy = _plain_build(config, method)
-    if config.privacy.mode != "central":
-        return strategy
-    sites = [s.site_id for s in simulate.build_sites(config)]
-    rounds = strategy.num_rounds(config.train.rounds, sites)
-    return central_dp.wrap(strategy, config.privacy, sites, rounds, config.seed)
 
 
 def measure(config, out: Path) -> tuple[dict, dict | None, float]:
-    """(summary, central privacy summary or None, wall seconds) of one FedAvg run of `config`."""
-    built: list = []
-
-    def capture(config, method=None):
-        built.append(build_with_privacy(config, method))
-        return built[-1]
-
-    simulate.build_strategy = capture
-    try:
-        started = time.perf_counter()
-        sites = simulate.build_sites(config)
-        summary = simulate.MethodRun(config, config.strategy.name, out, sites).run()
-        wall = time.perf_counter() - started
-    finally:
-        simulate.build_strategy = _plain_build
-    if config.privacy.mode != "central":
-        return summary, None, wall
-    return summary, central_dp.central_privacy_summary(built[-1], summary["rounds"]), wall
+    """(summary, its central privacy block or None, wall seconds) of one FedAvg run of `config`."""
+    started = time.perf_counter()
+    summary = simulate.MethodRun(config, config.strategy.name, out, simulate.build_sites(config)).run()
+    wall = time.perf_counter() - started
+    return summary, (summary["privacy"] if config.privacy.mode == "central" else None), wall
 
 
 def main() -> None:
@@ -75,10 +48,7 @@ def main() -> None:
         for epsilon in [None, *args.epsilons]:
             privacy = job.privacy.model_copy(update={"mode": "none"}) if epsilon is None else job.privacy.model_copy(
                 update={"mode": "central", "epsilon": epsilon, "noise_multiplier": None, "max_grad_norm": args.clip})
-            # Under central DP the clip bounds every update; the relative norm bound would reject every update
-            # trained from a noisy model (and is itself a data-dependent choice outside the accounting).
-            validation = job.validation.model_copy(update={"norm_multiplier": None if epsilon else 10.0})
-            config = job.model_copy(update={"privacy": privacy, "validation": validation})
+            config = job.model_copy(update={"privacy": privacy})  # central: the simulator wraps the strategy
             summary, dp, wall = measure(config, Path(tmp) / f"eps-{epsilon}")
             rows.append((epsilon, summary, dp, wall))
     baseline = rows[0][1]["pooled"]["balanced_accuracy"]
