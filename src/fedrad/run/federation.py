@@ -181,10 +181,14 @@ def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()) -> Task:
 
 
 def check_privacy(config: JobConfig) -> None:
-    """Refuse a strategy that local DP cannot run (`fedrad.privacy.local.REFUSED`): FederationError, one line."""
-    reason = strategy_refusal(config.strategy.name) if config.privacy.mode == "local" else None
+    """Refuse a strategy the job's privacy mode cannot run (local: `fedrad.privacy.local.strategy_refusal`,
+    central: `fedrad.strategies.central_dp.refusal`): FederationError, one line."""
+    from fedrad.strategies import central_dp  # lazy: dp-accounting
+
+    mode, name = config.privacy.mode, config.strategy.name
+    reason = {"local": strategy_refusal, "central": central_dp.refusal}.get(mode, lambda _: None)(name)
     if reason is not None:
-        raise FederationError(f"strategy '{config.strategy.name}' cannot run with privacy mode 'local': {reason}")
+        raise FederationError(f"strategy '{name}' cannot run with privacy mode '{mode}': {reason}")
 
 
 def _task_for(config: JobConfig, kind: str, sites: Sequence[SiteData]) -> Task:

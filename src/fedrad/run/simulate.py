@@ -18,7 +18,7 @@ import torch
 from fedrad.config import JobConfig, for_strategy
 from fedrad.data.base import SiteData, concat_splits
 from fedrad.privacy.summary import privacy_summary
-from fedrad.run.federation import FederationError, build_task_for, load_federation
+from fedrad.run.federation import build_task_for, check_privacy, load_federation
 from fedrad.run.methods import method_extras
 from fedrad.run.summary import run_summary, with_health
 from fedrad.server.ledger import Ledger
@@ -59,12 +59,10 @@ def build_strategy(config: JobConfig, method: str | None = None) -> Strategy:
 def with_privacy(config: JobConfig, strategy: Strategy, sites: Sequence[str], noise_seed: int) -> Strategy:
     """`strategy` as the job's `privacy` runs it: wrapped in central DP-FedAvg (`fedrad.strategies.central_dp`,
     its noise seeded by `noise_seed`) for `mode: central`; unchanged otherwise (local DP runs at the sites).
-    A strategy central DP cannot wrap is a FederationError, one line."""
+    A strategy central DP cannot wrap is a FederationError, one line (`check_privacy`)."""
     if config.privacy.mode != "central":
         return strategy
-    why = central_dp.refusal(strategy.name)
-    if why:
-        raise FederationError(f"strategy '{strategy.name}' cannot run with privacy mode 'central': {why}")
+    check_privacy(for_strategy(config, strategy.name))
     rounds = strategy.num_rounds(config.train.rounds, sites)
     return central_dp.wrap(strategy, config.privacy, sites, rounds, noise_seed)
 
