@@ -46,7 +46,7 @@ from fedrad.server.checkpoint import (
     save_checkpoint,
 )
 from fedrad.server.ledger import Ledger
-from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext, norm_history
+from fedrad.server.orchestrator import Orchestrator, RoundRecord, RunContext, norm_history, one_line
 from fedrad.server.quorum import QuorumError, QuorumTransport
 from fedrad.server.results import RunDirectory
 from fedrad.server.status import STATUS_FILE, StatusFile
@@ -142,7 +142,7 @@ class ServerRun:
                 status.update(phase="failed", error=quorum)
             except Exception as exc:  # a server bug: the run failed, said in one line, never a `running` status
                 log.exception("the server stopped in round %d", len(lines))
-                stopped = _one_line(f"round {len(lines)}: {type(exc).__name__}: {exc}")
+                stopped = one_line(f"round {len(lines)}: {type(exc).__name__}: {exc}", limit=300)
                 outcome = f"job {self.config.name} failed: the server stopped: {stopped}"
                 status.update(phase="failed", error=stopped)
             failed = quorum is not None or stopped is not None
@@ -199,11 +199,6 @@ def _verified_checkpoint(path: Path) -> tuple[Checkpoint, Path]:
         raise DeployError(f"{refused}; {previous.name} too: {str(exc).removeprefix(f'{previous}: ')}") from None
     log.warning("%s; resuming from %s instead: round %d runs again", refused, previous, checkpoint.round + 1)
     return checkpoint, previous
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _from_metrics_lines(lines: Sequence[str]) -> dict:

@@ -330,9 +330,14 @@ def _non_finite(state: ServerState) -> int:
     return sum(int(np.count_nonzero(~np.isfinite(a))) for a in arrays if np.asarray(a).dtype.kind in "fc")
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` on one line (whitespace runs collapsed), cut to `limit` characters: a reason for a log or a status."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= 200 else text[:197] + "..."
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def _epsilon_round(reply: Reply) -> float | None:
