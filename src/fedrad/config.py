@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedrad.data.harmonize import HarmonizeConfig
+from fedrad.secagg.participant import SecAggSettings
 from fedrad.server.validation import UpdateValidator
 from fedrad.strategies import registry
 from fedrad.strategies.registry import StrategySection, UnknownStrategyError
@@ -195,6 +196,47 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class SecureAggregationConfig(_Strict):
+    """Secure aggregation (docs/secure_aggregation.md): the server learns only the sum of the updates.
+
+    `threshold`: t, the sites that must stay until the unmasking (and the shares that rebuild a
+    dropped site's masks); null is a majority of each round's asked sites. It must be a majority
+    (more than half the sites asked), so the server can never gather both secrets of one site.
+    `clip_norm`: each site clips its update to this L2 norm before masking (the server can no longer
+    check norms); it also sets the fixed point, 2^-f with clip_norm x 2^f <= 2^30 (f = 23 for 100).
+    """
+
+    enabled: bool = False
+    threshold: int | None = Field(None, ge=2)
+    clip_norm: float = Field(100.0, gt=0, le=2**20)
+
+    def settings(self) -> SecAggSettings | None:
+        """What the sites and the server run (None: off)."""
+        return SecAggSettings(self.threshold, self.clip_norm) if self.enabled else None
+
+
+class AttackConfig(_Strict):
+    """Hostile sites, to measure the defences (fedrad.run.attack, docs/robustness.md); `fedrad run` and
+    `fedrad compare` only, `fedrad server` refuses a job with one. The attackers are the last `sites`
+    training sites of the job, in its order; 0 is no attack (a sweep's attack-free point).
+
+    `scale`: sign_flip s (sends global - s * update; "boosted sign-flipped" is s > 1; default 1), boost s
+    (global + s * update; default the number of sites asked, model replacement), noise the standard
+    deviation of the Gaussian update (default 1), little_is_enough z (mean - z * std of the honest updates;
+    default Baruch et al.'s z_max for the round); label_flip takes none.
+    """
+
+    kind: Literal["label_flip", "sign_flip", "boost", "noise", "little_is_enough"]
+    sites: int = Field(1, ge=0)
+    scale: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _scale_fits_kind(self) -> AttackConfig:
+        if self.kind == "label_flip" and self.scale is not None:
+            raise ValueError("attack.scale does not apply to label_flip (the attackers train on flipped labels)")
+        return self
+
+
 class JobConfig(_Strict):
     name: str = "fedrad-job"
     seed: int = 0
@@ -205,6 +247,8 @@ class JobConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     validation: ValidationConfig = ValidationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+    attack: AttackConfig | None = None  # simulated hostile sites (simulation only)
     # The folder of the job YAML it was read from (load_config): where relative data.sites are.
     # Not a field: the job hash, which every site approves, is of the content, not of where it lies.
     _folder: Path | None = PrivateAttr(None)

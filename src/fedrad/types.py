@@ -26,6 +26,7 @@ class DataKind(StrEnum):
     RAW_DATA = "raw_data"
     METRICS = "metrics"  # aggregate evaluation statistics (confusion counts, score histograms)
     CONTROL = "control_variates"  # SCAFFOLD's control variates (server c to a site, a site's delta c_i back)
+    SECAGG = "secagg"  # secure aggregation's keys, sealed shares and rosters (fedrad.secagg, protobuf)
 
 
 class FailureKind(StrEnum):
@@ -58,6 +59,12 @@ class InstructionKind(StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
     PREDICT = "predict"  # ensemble inference: raw query images in, output probabilities back
+    SECAGG = "secagg"  # a secure-aggregation phase (advertise, share, unmask): DataKind.SECAGG both ways
+
+
+class RoundAborted(Exception):
+    """A round that cannot go on (secure aggregation below its threshold): one line; the round keeps the
+    previous model, the run goes on (the orchestrator records the line in the round's notes)."""
 
 
 @dataclass(frozen=True)

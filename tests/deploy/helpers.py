@@ -30,6 +30,7 @@ from tests.tiny import tiny_job
 SITES = ("s1", "s2", "s3")
 JOB = tiny_job(name="deploy-tiny", train={"rounds": 3})
 KIT_PORT = 1  # the kits' port, which nothing here listens on: a client is always told the bound one
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Federation:
@@ -47,9 +48,12 @@ class Federation:
         self.processes: list[subprocess.Popen] = []
         self._kept: socket.socket | None = None
 
-    def _start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen:
-        env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "fedrad.cli", *args]
+    def _start(self, name: str, *args: str, cwd: Path | None = None, module: str = "fedrad.cli",
+               env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+        env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | (env or {})
+        if module != "fedrad.cli":  # a test's own entry point (tests.deploy.dying_client): importable from here
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        command = [sys.executable, "-m", module, *args]
         with (self.root / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the handle
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd or self.root)
         self.processes.append(process)
@@ -69,14 +73,16 @@ class Federation:
         return process
 
     def client(
-        self, site: str, job: Path | str | None = None, data: Path | str | None = None, cwd: Path | None = None
+        self, site: str, job: Path | str | None = None, data: Path | str | None = None, cwd: Path | None = None,
+        module: str = "fedrad.cli", env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
-        """Start `fedrad client` for `site`, dialing the port the running server bound."""
+        """Start `fedrad client` for `site`, dialing the port the running server bound (`module`: another
+        entry point with fedrad's command line, such as tests.deploy.dying_client)."""
         if self.port is None:
             raise RuntimeError("start the server first: a client dials the port the server bound")
         args = ["--kit", str(self.kits.sites[site]), "--data", str(data or self.root / f"{site}.yaml"),
                 "--job", str(job or self.job), "--server", f"127.0.0.1:{self.port}", "--backoff-cap", "1"]
-        return self._start(site, "client", *args, cwd=cwd)
+        return self._start(site, "client", *args, cwd=cwd, module=module, env=env)
 
     def keep_port(self) -> None:
         """Keep the running server's port for the server that replaces it (`--resume`, `port=self.port`).

@@ -318,7 +318,8 @@ def test_a_second_submission_from_a_site_is_refused_while_one_is_under_way() -> 
 
 
 def test_known_gone_sites_cost_no_deadline() -> None:
-    # Prepare: a was refused; b polled long ago; c never connected; d trains (delivered, silent); e polls now
+    # Prepare: a was refused; b polled long ago; c never connected; d took a task and let it expire (its
+    # client died mid-fit: it no longer counts as training); e polls now
     board, clock = _board(set("abcde"), limits=SiteLimits(gone_after_s=30))
     board.refused("a", "the certificate of 'a' (serial 1f) is revoked")
     board.next_task("b", poll_s=0.0, is_active=lambda: True)
@@ -331,16 +332,17 @@ def test_known_gone_sites_cost_no_deadline() -> None:
 
     # Execute: a round opens for all five; the clock will not move again
     stream = board.stream([_instruction(site) for site in "abcde"], timeout_s=600)
-    failures = [next(stream)[1] for _ in range(3)]  # a, b, c: at once, with no deadline passed
+    failures = [next(stream)[1] for _ in range(4)]  # a, b, c, d: at once, with no deadline passed
 
-    # Assert: each gone site is a DROPPED reply saying why; d (training) and e (polling) are waited for
-    assert [(r.site_id, r.error_kind) for r in failures] == [(s, FailureKind.DROPPED) for s in "abc"]
+    # Assert: each gone site is a DROPPED reply saying why; e (polling) is waited for
+    assert [(r.site_id, r.error_kind) for r in failures] == [(s, FailureKind.DROPPED) for s in "abcd"]
     assert failures[0].error == "site a: not waited for: its last call was refused: the certificate of 'a' " \
                                 "(serial 1f) is revoked"
     assert failures[1].error == "site b: not waited for: no contact for 41 s"
     assert failures[2].error == "site c: not waited for: it has not connected in the 41 s this server has run"
+    assert failures[3].error == "site d: not waited for: no contact for 41 s"
     assert poll_e.result() is not None  # e is handed its task
-    assert [len(board.snapshot()[site]["tasks"]) for site in "de"] == [1, 1]
+    assert [len(board.snapshot()[site]["tasks"]) for site in "de"] == [0, 1]
     stream.close()
 
 

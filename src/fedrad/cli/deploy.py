@@ -90,6 +90,13 @@ def server(
     max_uploads: Annotated[
         int, typer.Option(min=1, help="replies read at once (slow links: more; memory ~ (2 + this) x model)")
     ] = 1,
+    upload_timeout: Annotated[
+        float | None, typer.Option(help="seconds an upload may take from its turn (default: --deadline)")
+    ] = None,
+    gone_after: Annotated[
+        float | None, typer.Option(help="seconds of silence (not training) after which a site is not waited for "
+                                        "(default 60; must exceed --poll)")
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 3 when the run is degraded (failed: 4)")] = False,
 ) -> None:
     """Serve a job to the sites of the server kit over gRPC + mutual TLS.
@@ -103,7 +110,12 @@ def server(
     config = _job(job)
     _logging()
     quorum = min_sites if min_sites is not None else config.strategy.default_quorum()
-    options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind, max_uploads)
+    if gone_after is not None and not gone_after > poll:  # an idle site polls every --poll seconds
+        raise _fail(f"--gone-after {gone_after:g} must exceed --poll {poll:g}: an idle site would look gone")
+    if upload_timeout is not None and not upload_timeout > 0:
+        raise _fail(f"--upload-timeout {upload_timeout:g} must be positive")
+    options = ServerOptions(deadline, quorum, quorum_wait, wait_sites, poll, bind, max_uploads, upload_timeout,
+                            gone_after)  # fmt: skip
     console.print(f"job {config.name}: hash {config.job_hash()}  (each site's admin approves this)")
     try:
         summary = ServerRun(config, kit, out, options, resume).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -24,7 +25,7 @@ from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.report.comparison import method_header, method_rows, primary_metric, site_rows, write_comparison
 from fedrad.report.sections import run_name
 from fedrad.run.federation import FederationError, check_privacy, check_strategy, resolve_kind
-from fedrad.run.simulate import MethodRun, build_sites, build_task
+from fedrad.run.simulate import MethodRun, build_sites, build_task, check_robust_and_attack
 from fedrad.run.summary import exit_code, worst
 from fedrad.server.evaluation import summarize
 from fedrad.server.results import atomic_write
@@ -58,6 +59,7 @@ def _sites(config: JobConfig, methods: list[str], sites: list | None = None) -> 
         kind = resolve_kind(config, sites)
         for method in methods:
             check_strategy(method, kind)
+            check_robust_and_attack(config, method, sites)  # an aggregator it cannot wrap, an attack too large
             check_privacy(for_strategy(config, method))  # local or central DP: a strategy it cannot run
         return sites
     except FederationError as exc:
@@ -129,10 +131,13 @@ NO_DP = ("inf", "none")  # privacy.epsilon=inf (or none): that point runs withou
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One value of `--sweep KEY=V1,V2,...`: the job with KEY set, and what each run's summary records."""
+    """One point of `--sweep KEY=V1,V2,...` (given once or more): the job with each KEY set, and what each
+    run's summary records."""
 
     config: JobConfig
-    record: dict[str, Any]  # summary["sweep"]: {key, value (as the job holds it; null: no DP), label}
+    # summary["sweep"]: {key, value (as the job holds it; null: no DP), label}; with several keys, the keys
+    # joined by commas, the values and labels as lists, and `keys`: one such record per key
+    record: dict[str, Any]
 
 
 def _refuse(message: str) -> typer.Exit:
@@ -167,50 +172,90 @@ def _get(mapping: dict, key: str) -> Any:
     return mapping
 
 
-def _sweep_point(config: JobConfig, key: str, token: str) -> SweepPoint:
-    """The job with `key` set to `token`, validated as a job YAML is; ValueError (one line) if it is not one."""
+def _value(config: JobConfig, key: str) -> Any:
+    """The job's value of the dotted `key`, as its YAML holds it; a key the dump leaves out at its default
+    (strategy.aggregator mean and the robust keys beside it) is read from the section itself."""
+    dumped = config.model_dump(mode="json")
+    *parents, leaf = key.split(".")
+    section = _get(dumped, ".".join(parents)) if parents else dumped
+    if isinstance(section, dict) and leaf in section:
+        return section[leaf]
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _sweep_point(config: JobConfig, settings: list[tuple[str, str]]) -> SweepPoint:
+    """The job with each (key, token) of `settings` set, validated as a job YAML is; ValueError (one line,
+    naming the point) if it is not one."""
     raw = config.model_dump(mode="json")
-    off = key == "privacy.epsilon" and token.lower() in NO_DP
-    if off:
-        raw["privacy"] = {**raw["privacy"], "mode": "none", "epsilon": None}
-    elif key == "privacy.epsilon" and config.privacy.mode == "none":
-        raise ValueError(f"privacy.epsilon={token}: the job's privacy.mode is 'none'; set privacy.mode (local or "
-                         "central) in the job to sweep epsilon ('inf' or 'none' is a point without DP)")
-    else:
-        try:
-            _set(raw, key, _scalar(token))
-        except ValueError as exc:
-            raise ValueError(f"{key}={token}: {exc}") from None
+    where = " ".join(f"{key}={token}" for key, token in settings)
+    offs = set()
+    for key, token in settings:
+        if key == "privacy.epsilon" and token.lower() in NO_DP:
+            offs.add(key)
+            raw["privacy"] = {**raw["privacy"], "mode": "none", "epsilon": None}
+        elif key == "privacy.epsilon" and config.privacy.mode == "none":
+            raise ValueError(f"{where}: the job's privacy.mode is 'none'; set privacy.mode (local or "
+                             "central) in the job to sweep epsilon ('inf' or 'none' is a point without DP)")
+        else:
+            try:
+                _set(raw, key, _scalar(token))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
     try:
         swept = JobConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or key
+        loc = ".".join(str(part) for part in first["loc"]) or settings[0][0]
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ValueError(f"{key}={token}: key '{where}': {message}") from None
+        raise ValueError(f"{where}: key '{loc}': {message}") from None
     swept._folder = config._folder  # relative data.sites stay relative to the job YAML
-    value = _get(swept.model_dump(mode="json"), key)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{key}={token}: key '{key}': not a finite number (inf means no DP for privacy.epsilon only)")
-    label = "inf" if off else (f"{value:g}" if isinstance(value, float) else str(value))
-    return SweepPoint(swept, {"key": key, "value": value, "label": re.sub(r"[^A-Za-z0-9._+-]", "_", label)})
+    records = []
+    for key, _ in settings:
+        value = _value(swept, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}: key '{key}': not a finite number (inf means no DP for privacy.epsilon only)")
+        label = "inf" if key in offs else (f"{value:g}" if isinstance(value, float) else str(value))
+        records.append({"key": key, "value": value, "label": re.sub(r"[^A-Za-z0-9._+-]", "_", label)})
+    if len(records) == 1:
+        return SweepPoint(swept, records[0])
+    record = {"key": ",".join(r["key"] for r in records), "value": [r["value"] for r in records],
+              "label": ",".join(f"{r['key'].rsplit('.', 1)[-1]}={r['label']}" for r in records), "keys": records}
+    return SweepPoint(swept, record)
 
 
-def _sweep(config: JobConfig, text: str) -> list[SweepPoint]:
-    """`--sweep KEY=V1,V2,...` as one validated job per value; a bad key or value ends the command (exit 2)."""
+def _sweep_values(text: str) -> tuple[str, list[str]]:
+    """`KEY=V1,V2,...` as (KEY, [V1, V2, ...]); a malformed one ends the command (exit 2)."""
     key, _, values = text.partition("=")
     key, tokens = key.strip(), [v.strip() for v in values.split(",") if v.strip()]
     if not key or not tokens:
         raise _refuse(f"--sweep '{text}': expected KEY=V1,V2,... with one job key, e.g. privacy.epsilon=1,4,8,inf")
     if key in ("strategy", "strategy.name"):
         raise _refuse(f"--sweep {key}: the methods are chosen with --methods")
+    return key, tokens
+
+
+def _sweep(config: JobConfig, texts: list[str]) -> list[SweepPoint]:
+    """Each `--sweep KEY=V1,V2,...` (given once or more: their cartesian product, the first key outermost)
+    as one validated job per point; a bad key or value ends the command (exit 2) before anything runs."""
+    axes = [_sweep_values(text) for text in texts]
+    keys = [key for key, _ in axes]
+    if len(set(keys)) < len(keys):
+        raise _refuse(f"--sweep {', '.join(keys)}: a key is swept twice")
+    combos = list(itertools.product(*(range(len(tokens)) for _, tokens in axes)))
     try:
-        points = [_sweep_point(config, key, token) for token in tokens]
+        points = [_sweep_point(config, [(key, tokens[i]) for (key, tokens), i in zip(axes, combo, strict=True)])
+                  for combo in combos]  # fmt: skip
     except ValueError as exc:
         raise _refuse(f"--sweep {exc}") from None
-    labels = [p.record["label"] for p in points]
-    if len(set(labels)) < len(labels):
-        raise _refuse(f"--sweep {text}: a value is given twice ({', '.join(labels)})")
+    for k, text in enumerate(texts):  # each key's labels, along its axis (the other keys at their first value)
+        along = [p for p, combo in zip(points, combos, strict=True)
+                 if all(c == 0 for j, c in enumerate(combo) if j != k)]  # fmt: skip
+        labels = [(p.record if len(keys) == 1 else p.record["keys"][k])["label"] for p in along]
+        if len(set(labels)) < len(labels):
+            raise _refuse(f"--sweep {text}: a value is given twice ({', '.join(labels)})")
     return points
 
 
@@ -260,10 +305,12 @@ def compare(
         str, typer.Option(help=f"comma-separated, from {','.join(registry.names())}")
     ] = "fedavg,cds,local",
     sweep: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(help="KEY=V1,V2,...: one job key (dotted, e.g. privacy.epsilon=1,4,8,inf), several values; "
                      "every method runs at each value, in OUT/METHOD@LEAF=VALUE (fedavg@epsilon=8). privacy.epsilon "
-                     "inf or none: no DP at that point; other epsilons need the job's privacy.mode local or central"),
+                     "inf or none: no DP at that point; other epsilons need the job's privacy.mode local or central. "
+                     "Given twice or more: every combination (attack.sites=0,1,2 and strategy.aggregator=mean,median "
+                     "in OUT/METHOD@sites=1@aggregator=median); attack.sites=0 is no attack"),
     ] = None,
     strict: StrictOption = False,
 ) -> None:
@@ -272,9 +319,11 @@ def compare(
     Each method runs with its own strategy section: the job's when the job names it, else its defaults
     with the job's values for the keys they share. A method's companions (swt: swt-reversed, for the
     recency bias) run right after it. With --sweep, every method runs on the job with the key set to
-    each value in turn (validated as the job YAML is, before anything runs; one key at a time), each
-    summary records it as `sweep`, and the report plots the pooled metric (and, after `fedrad audit`
-    of the run folders, the membership AUC) against the value. Exits with the worst of the runs'
+    each value in turn (validated as the job YAML is, before anything runs), each summary records it as
+    `sweep`, and the report plots the pooled metric (and, after `fedrad audit` of the run folders, the
+    membership AUC) against the value. --sweep given several times runs every combination; with
+    attack.sites among the keys the report plots the pooled metric against the number of attackers,
+    one line per defence (method and strategy.aggregator). Exits with the worst of the runs'
     statuses (as `fedrad run`), after writing the comparison and the report."""
     config = _load(config_path)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]

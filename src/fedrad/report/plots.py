@@ -5,7 +5,10 @@
 - metric vs bytes: pooled metric against the bytes moved so far, per method (log x);
 - cross-site heatmap: each site's local model on every site's test set;
 - with a sweep (`fedrad compare --sweep KEY=...`): the pooled metric against the swept value, one line
-  per method, and the membership-inference AUC of the audited runs (`fedrad audit`) against it.
+  per method, and the membership-inference AUC of the audited runs (`fedrad audit`) against it (one
+  swept key; a sweep of several keys gets its table only);
+- with an attack (runs that differ in `attack.sites`): the pooled metric against the number of
+  attackers, one line per defence (method and `strategy.aggregator`).
 
 A method has one colour in every figure; with a sweep, its runs differ by line style (bars: hatch).
 """
@@ -21,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from fedrad.report.sections import run_name, sweep_axis, sweep_tick  # noqa: E402
+from fedrad.report.sections import attack_runs, defence, num_attackers, run_name, sweep_axis, sweep_tick  # noqa: E402
 
 TITLES = {  # each figure in words (report.md's image text, and the figure's own title)
     "curves.png": "Pooled metric per round",
@@ -30,6 +33,7 @@ TITLES = {  # each figure in words (report.md's image text, and the figure's own
     "cross_site.png": "Local-only models on every site's test set",
     "sweep_metric.png": "Pooled metric against the swept value",
     "sweep_audit_auc.png": "Membership inference AUC against the swept value",
+    "attacks.png": "Pooled metric against the number of attackers",
 }
 _STYLES, _HATCHES = ("-", "--", ":", "-."), ("", "//", "..", "xx", "\\\\", "++")
 
@@ -183,6 +187,28 @@ def sweep_plot(summaries: list[dict], y_of, ylabel: str, heading: str, chance: f
     return _png(fig)
 
 
+def attack_plot(summaries: list[dict], metric: str) -> bytes:
+    """The pooled metric against the number of attacking sites, one line per defence (`sections.defence`)."""
+    runs = attack_runs(summaries)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for s in runs:
+        if s["pooled"].get(metric) is not None:
+            lines.setdefault(defence(s), []).append((num_attackers(s), s["pooled"][metric]))
+    for k, (name, points) in enumerate(lines.items()):
+        ax.plot(*zip(*sorted(points), strict=True), marker="o", color=f"C{k % 10}",
+                linestyle=_STYLES[(k // 10) % len(_STYLES)], label=name)  # fmt: skip
+    counts = sorted({num_attackers(s) for s in runs})
+    ax.set_xticks(counts, [str(c) for c in counts])
+    kind = next((s["attack"]["kind"] for s in runs if s.get("attack")), "attack")
+    ax.set_xlabel(f"attacking sites ({kind})")
+    ax.set_ylabel(f"pooled {metric}")
+    ax.set_title(TITLES["attacks.png"])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _auc(summary: dict) -> float | None:
     return ((summary.get("audit") or {}).get("membership") or {}).get("auc")
 
@@ -198,11 +224,13 @@ def figures(summaries: list[dict], metric: str) -> dict[str, bytes]:
     matrix = next((s["bias"]["cross_site"] for s in summaries if s.get("bias", {}).get("cross_site")), None)
     if matrix:
         out["cross_site.png"] = cross_site_heatmap(matrix, metric)
-    if any(s.get("sweep") for s in summaries):
+    if attack_runs(summaries):
+        out["attacks.png"] = attack_plot(summaries, metric)
+    if any(s.get("sweep") for s in summaries) and not any((s.get("sweep") or {}).get("keys") for s in summaries):
         label = metric.replace("_", " ")
         out["sweep_metric.png"] = sweep_plot(summaries, lambda s: s["pooled"].get(metric), f"pooled {metric}",
                                              f"Pooled {label}")  # fmt: skip
-    if any(s.get("sweep") and _auc(s) is not None for s in summaries):
+    if any(s.get("sweep") and not s["sweep"].get("keys") and _auc(s) is not None for s in summaries):
         out["sweep_audit_auc.png"] = sweep_plot(summaries, _auc, "membership inference AUC (pooled)",
                                                 "Membership inference AUC", chance=0.5)  # fmt: skip
     return out

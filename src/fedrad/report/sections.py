@@ -21,8 +21,11 @@ def _mb(nbytes: float) -> str:
 
 
 def run_name(method: str, sweep: dict | None = None) -> str:
-    """A run's name and its folder in the comparison: the method, with a sweep its value (`fedavg@epsilon=8`)."""
-    return method if not sweep else f"{method}@{sweep['key'].rsplit('.', 1)[-1]}={sweep['label']}"
+    """A run's name and its folder in the comparison: the method, with a sweep its value (`fedavg@epsilon=8`),
+    with several swept keys each one's (`fedavg@sites=2@aggregator=median`)."""
+    if not sweep:
+        return method
+    return method + "".join(f"@{r['key'].rsplit('.', 1)[-1]}={r['label']}" for r in sweep.get("keys") or [sweep])
 
 
 def _label(s: dict) -> str:
@@ -78,6 +81,58 @@ def sweep(summaries: list[dict], metric: str) -> Section | None:
     )
     header = ["method", key, f"pooled {metric}", "site min", "epsilon spent (max over sites)", "membership AUC"]
     return f"Sweep: {key}", note, header, rows
+
+
+ATTACK_KEYS = ("attack.sites", "strategy.aggregator")  # the attack plot's axis and its lines
+
+
+def num_attackers(summary: dict) -> int:
+    """How many sites attacked in a run: its summary's `attack.sites` (0 without an attack)."""
+    return len((summary.get("attack") or {}).get("sites") or [])
+
+
+def defence(summary: dict) -> str:
+    """A run's defence: its method and aggregator (`fedavg median`; the method alone when it has no
+    aggregator), then any other swept value (`scale=5`), so that each line of the attack plot is one setting."""
+    aggregator = (summary.get("robust") or {}).get("aggregator")
+    records = (summary.get("sweep") or {}).get("keys") or ([summary["sweep"]] if summary.get("sweep") else [])
+    others = [f"{r['key'].rsplit('.', 1)[-1]}={r['label']}" for r in records if r["key"] not in ATTACK_KEYS]
+    return " ".join([summary["method"], *([aggregator] if aggregator else []), *others])
+
+
+def attack_runs(summaries: list[dict]) -> list[dict]:
+    """The runs of an attack comparison (some run has an `attack`, and they differ in how many sites attack);
+    empty otherwise."""
+    if not any(s.get("attack") for s in summaries) or len({num_attackers(s) for s in summaries}) < 2:
+        return []
+    return summaries
+
+
+def attacks(summaries: list[dict], metric: str) -> Section | None:
+    """One row per defence: the pooled metric at each number of attackers, and its drop from the attack-free run."""
+    runs = attack_runs(summaries)
+    if not runs:
+        return None
+    counts = sorted({num_attackers(s) for s in runs})
+    table: dict[str, dict[int, float | None]] = {}
+    for s in runs:
+        table.setdefault(defence(s), {})[num_attackers(s)] = s["pooled"].get(metric)
+    rows = []
+    for name, by_count in table.items():
+        free = by_count.get(0)
+        drops = [free - v for k, v in by_count.items() if k and free is not None and v is not None]
+        rows.append([name, *(_f(by_count.get(k)) for k in counts), _f(max(drops) if drops else None)])
+    first = next(s["attack"] for s in runs if s.get("attack"))
+    most = max((s for s in runs if s.get("attack")), key=num_attackers)["attack"]
+    scale = "the kind's default" if first.get("scale") is None else f"{first['scale']:g}"
+    used = ", ".join(f"{v:.3g}" for v in first.get("scale_used") or []) or "n/a"
+    note = (
+        f"Pooled {metric} by the number of attacking sites (attack {first['kind']}, scale {scale}; applied: {used}). "
+        f"The attackers are the last sites of the job ({', '.join(most['sites']) or 'none'} for {len(most['sites'])}). "
+        "worst drop: the attack-free run's metric minus the worst attacked one's, per defence."
+    )
+    header = ["defence", *(f"{k} attacker{'s' if k != 1 else ''}" for k in counts), "worst drop"]
+    return f"Attacks: pooled {metric} against the number of attackers", note, header, rows
 
 
 def table1(summaries: list[dict], metric: str) -> Section:
@@ -155,8 +210,9 @@ def cross_site(summaries: list[dict], metric: str) -> Section | None:
 
 
 def sections(summaries: list[dict], metric: str) -> list[Section]:
-    found = [table1(summaries, metric), sweep(summaries, metric), worst_sites(summaries, metric),
-             recency(summaries, metric), budget(summaries), cross_site(summaries, metric)]  # fmt: skip
+    found = [table1(summaries, metric), sweep(summaries, metric), attacks(summaries, metric),
+             worst_sites(summaries, metric), recency(summaries, metric), budget(summaries),
+             cross_site(summaries, metric)]  # fmt: skip
     for summary in summaries:  # a method's run folder that was audited (`fedrad audit`): its leakage
         if summary.get("audit"):
             found += [(f"{title} ({run_name(summary['method'], summary.get('sweep'))})", note, header, rows)

@@ -189,6 +189,28 @@ def check_privacy(config: JobConfig) -> None:
     reason = {"local": strategy_refusal, "central": central_dp.refusal}.get(mode, lambda _: None)(name)
     if reason is not None:
         raise FederationError(f"strategy '{name}' cannot run with privacy mode '{mode}': {reason}")
+    check_secure_aggregation(config)
+
+
+def check_secure_aggregation(config: JobConfig) -> None:
+    """Refuse what secure aggregation cannot compose with (FederationError, one line): a strategy that is
+    not an average, central DP (it clips each update at the server, which the masks hide: local DP adds
+    its noise at the site, before masking, and composes), robust aggregation (it needs each update)."""
+    from fedrad.strategies import secure_agg
+
+    if not config.secure_aggregation.enabled:
+        return
+    name = config.strategy.name
+    reason = secure_agg.refusal(name)
+    if reason is None and config.privacy.mode == "central":
+        reason = ("secure_aggregation cannot run with privacy.mode central: central DP clips each site's update at "
+                  "the server, which the masks hide (privacy.mode local adds the noise at each site, then masks)")
+    aggregator = getattr(config.strategy, "aggregator", "mean")
+    if reason is None and aggregator != "mean":
+        reason = (f"secure_aggregation cannot run with strategy.aggregator {aggregator}: robust aggregation needs "
+                  "each site's update, the masks reveal only their sum")
+    if reason is not None:
+        raise FederationError(reason)
 
 
 def _task_for(config: JobConfig, kind: str, sites: Sequence[SiteData]) -> Task:

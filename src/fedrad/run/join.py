@@ -52,4 +52,5 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path, state_path: Pa
     data = dataclasses.replace(data, site_id=kit.site_id)
     job_hash = config.job_hash()
     path = state_path or default_state_path(data_path, kit.site_id, job_hash)
-    return Site(data, build_task(config, [data]), job_hash, SiteStateFile(path, job_hash, kit.site_id))
+    return Site(data, build_task(config, [data]), job_hash, SiteStateFile(path, job_hash, kit.site_id),
+                config.secure_aggregation.settings())

@@ -33,7 +33,7 @@ from fedrad.run.simulate import (
     initial_weights,
     privacy_block,
     update_validator,
-    with_privacy,
+    wrapped,
 )
 from fedrad.run.summary import run_summary, with_health
 from fedrad.server.checkpoint import (
@@ -70,6 +70,8 @@ class ServerOptions:
     poll_s: float = 15.0  # how long a site's request for work is held open
     bind: str | None = None  # default: all interfaces, the port in the kit
     max_uploads: int = 1  # replies read at once: 1 keeps memory at ~3 models; slow links want more
+    upload_timeout_s: float | None = None  # each upload's window from its turn; None: deadline_s
+    gone_after_s: float | None = None  # a site silent this long (not training) is not waited for; None: 60 s
 
 
 @dataclass
@@ -88,10 +90,12 @@ class ServerRun:
         task, strategy = build_task(self.config), build_strategy(self.config, method)
         if strategy.simulation_only:
             raise DeployError(f"strategy {method!r} is a simulation-only baseline; `fedrad run` runs it")
+        if self.config.attack is not None:
+            raise DeployError("job key 'attack' simulates hostile sites: simulation only (`fedrad run`)")
         sites, job_hash = sorted(kit.sites), self.config.job_hash()
         # central DP's noise from a secret seed kept beside the checkpoints: the sites know the job seed
         noise_seed = central_dp.server_noise_seed(self.out) if self.config.privacy.mode == "central" else 0
-        strategy = with_privacy(self.config, strategy, sites, noise_seed)
+        strategy = wrapped(self.config, strategy, sites, noise_seed)
         ledger, start, lines = Ledger(), 0, []
         state = strategy.initial_state(initial_weights(task, self.config.seed), sites)
         if self.resume:
@@ -103,6 +107,7 @@ class ServerRun:
         transport = GrpcServerTransport(
             kit, bind=options.bind, reply_timeout_s=options.deadline_s, poll_s=options.poll_s,
             quorum=options.min_sites, quorum_wait_s=options.quorum_wait_s, max_uploads=options.max_uploads,
+            upload_timeout_s=options.upload_timeout_s, gone_after_s=options.gone_after_s,
         )
         with transport, StatusFile(self.out / STATUS_FILE, transport.board.snapshot, options.poll_s) as status:
             rounds = strategy.num_rounds(self.config.train.rounds, sites)  # CWT / SWT: one round per visit

@@ -18,7 +18,14 @@ import torch
 from fedrad.config import JobConfig, for_strategy
 from fedrad.data.base import SiteData, concat_splits
 from fedrad.privacy.summary import privacy_summary
-from fedrad.run.federation import build_task_for, check_privacy, load_federation
+from fedrad.run import attack
+from fedrad.run.federation import (
+    FederationError,
+    build_task_for,
+    check_privacy,
+    check_secure_aggregation,
+    load_federation,
+)
 from fedrad.run.methods import method_extras
 from fedrad.run.summary import run_summary, with_health
 from fedrad.server.ledger import Ledger
@@ -27,8 +34,8 @@ from fedrad.server.results import RunDirectory, round_line
 from fedrad.server.validation import UpdateValidator
 from fedrad.site.handler import Site, model_weights
 from fedrad.site.state import SiteStateFile
-from fedrad.strategies import central_dp, registry
-from fedrad.strategies.base import ServerState, Strategy
+from fedrad.strategies import central_dp, registry, robust, secure_agg
+from fedrad.strategies.base import GLOBAL, ServerState, Strategy, StrategyWrapper
 from fedrad.strategies.baselines import POOLED
 from fedrad.transport import InProcessTransport
 from fedrad.types import DataKind
@@ -65,6 +72,35 @@ def with_privacy(config: JobConfig, strategy: Strategy, sites: Sequence[str], no
     check_privacy(for_strategy(config, strategy.name))
     rounds = strategy.num_rounds(config.train.rounds, sites)
     return central_dp.wrap(strategy, config.privacy, sites, rounds, noise_seed)
+
+
+def wrapped(config: JobConfig, strategy: Strategy, sites: Sequence[str], noise_seed: int) -> Strategy:
+    """`strategy` with every wrapper the job asks for, innermost first: robust aggregation
+    (`strategy.aggregator`), central DP (`privacy.mode central`), secure aggregation
+    (`secure_aggregation`). The simulator and the deployed server both call this, so a job runs the
+    same composition in both. A combination that cannot compose is a one-line error."""
+    strategy = with_robust(config, strategy)
+    strategy = with_privacy(config, strategy, sites, noise_seed)
+    return with_secure_aggregation(config, strategy, sites)
+
+
+def with_secure_aggregation(config: JobConfig, strategy: Strategy, sites: Sequence[str]) -> Strategy:
+    """`strategy` wrapped in secure aggregation when the job enables it (outermost: it sees only what the
+    sites send). Refused in one line (FederationError): what cannot compose (`check_secure_aggregation`),
+    and a threshold that is not a majority of every round's asked sites, or is more than they are."""
+    settings = config.secure_aggregation.settings()
+    if settings is None:
+        return strategy
+    check_secure_aggregation(for_strategy(config, strategy.name))
+    probe = ServerState(models={GLOBAL: {}})  # configure only samples; the weights it passes on are not read
+    rounds = strategy.num_rounds(config.train.rounds, sites)
+    asked = sorted({len(strategy.configure(r, probe, sites)) for r in range(rounds)})
+    for count in asked:
+        t = settings.threshold_for(count)
+        if not count // 2 < t <= count:
+            raise FederationError(f"secure_aggregation.threshold {t} must be a majority of the {count} sites a "
+                                  "round asks, and at most all of them")
+    return secure_agg.wrap(strategy, settings)
 
 
 def update_validator(config: JobConfig) -> UpdateValidator:
@@ -109,21 +145,25 @@ class MethodRun:
         started = time.perf_counter()
         task, strategy = build_task(self.config, self.sites), build_strategy(self.config, self.method)
         job_hash = self.config.job_hash()
-        site_objects = {d.site_id: Site(d, task, job_hash, self._state_file(d.site_id, job_hash)) for d in self.sites}
+        attacking = attack.attackers(self.config.attack, [d.site_id for d in self.sites])  # the last N sites
+        sites = attack.poisoned(self.config.attack, self.sites, attacking, getattr(task, "num_classes", 2))
+        secagg = self.config.secure_aggregation.settings()  # None: off
+        site_objects = {d.site_id: Site(d, task, job_hash, self._state_file(d.site_id, job_hash), secagg)
+                        for d in sites}  # fmt: skip
         ledger = Ledger(count_messages=not strategy.simulation_only)
         train_sites = list(site_objects)
         if self.method == "cds":
             pooled = SiteData(
                 POOLED,
-                concat_splits([d.train for d in self.sites]),
-                concat_splits([d.val for d in self.sites]),
-                concat_splits([d.test for d in self.sites]),
+                concat_splits([d.train for d in sites]),
+                concat_splits([d.val for d in sites]),
+                concat_splits([d.test for d in sites]),
             )
             site_objects[POOLED] = Site(pooled, task, job_hash)
             train_sites = [POOLED]
             for d in self.sites:  # what pooling makes each hospital hand over
                 ledger.record(0, "train", d.site_id, "sent", {DataKind.RAW_DATA: d.train.nbytes + d.val.nbytes})
-        strategy = with_privacy(self.config, strategy, train_sites, self.config.seed)
+        strategy = wrapped(self.config, strategy, train_sites, self.config.seed)
         directory = RunDirectory(self.out, self.method, self.config.to_yaml())
 
         final: list[ServerState] = []  # the model after the last completed round (its health is checked)
@@ -135,6 +175,9 @@ class MethodRun:
                 self.on_round(record)
 
         transport = InProcessTransport(site_objects)
+        hostile = None  # the attackers' replies rewritten on their way to the server (simulation only)
+        if attacking:
+            transport = hostile = attack.AttackTransport(transport, self.config.attack, attacking, self.config.seed)
         ctx = RunContext(transport, ledger, task, job_hash, self.config.seed,
                          validator=update_validator(self.config), declared=transport.declared_examples)
         orchestrator = Orchestrator(
@@ -151,6 +194,7 @@ class MethodRun:
         summary["metric"] = task.primary_metric  # what the report ranks by
         summary.update(method_extras(strategy, directory.records, train_sites))  # order, local epochs
         summary["privacy"] = privacy_block(self.config, strategy, directory.records, len(directory.records))
+        summary.update(robustness_extras(self.config, strategy, attacking, hostile))  # robust, attack
         lines = [round_line(record) for record in directory.records]
         summary = with_health(summary, lines, final[-1] if final else state)  # status, status_reasons
         directory.write_summary(summary)
@@ -167,3 +211,73 @@ class MethodRun:
         num_train = {d.site_id: d.num_train for d in self.sites}
         return run_summary(self.method, directory.records, ledger, wall_s, interrupted, num_train)
 
+
+
+def with_robust(config: JobConfig, strategy: Strategy) -> Strategy:
+    """`strategy` under its section's `strategy.aggregator` (`fedrad.strategies.robust`): unchanged for
+    `mean`. Refused (FederationError, one line): an aggregator around a strategy it cannot wrap, and any
+    robust aggregator with central DP (its accountant covers a clipped, noised mean, not a median or a
+    selection: clipping and noise around a robust statistic are not what it proves private)."""
+    section = for_strategy(config, strategy.name).strategy
+    aggregator = getattr(section, "aggregator", "mean")
+    if aggregator == "mean":
+        return strategy
+    why = robust_refusal(config, strategy.name)
+    if why:
+        raise FederationError(why)
+    return robust.wrap(strategy, section)
+
+
+def robust_refusal(config: JobConfig, method: str) -> str | None:
+    """Why the job's `strategy.aggregator` cannot run with `method` (one line), or None."""
+    try:
+        section = for_strategy(config, method).strategy
+    except ValueError as exc:  # scaffold's section refuses an aggregator other than mean
+        errors = getattr(exc, "errors", None)
+        first = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(exc)
+        return f"strategy {method!r}: {first}"
+    aggregator = getattr(section, "aggregator", "mean")
+    if aggregator == "mean":
+        return None
+    if config.privacy.mode == "central":
+        return (f"strategy.aggregator {aggregator} cannot run with privacy mode 'central': the accountant covers "
+                "a clipped, noised mean, not a robust statistic (use aggregator mean, or privacy.mode local)")
+    return robust.refusal(method, aggregator)
+
+
+def check_robust_and_attack(config: JobConfig, method: str, sites: Sequence[SiteData]) -> None:
+    """Before anything runs (`fedrad run` / `compare`): the job's aggregator fits `method` and its privacy,
+    one round of its updates fits `strategy.robust_max_mb`, and its attack leaves an honest site;
+    FederationError, one line, otherwise."""
+    why = robust_refusal(config, method)
+    if why:
+        raise FederationError(why)
+    attack.attackers(config.attack, [d.site_id for d in sites])
+    job = for_strategy(config, method)
+    wrapper = with_robust(job, build_strategy(job, method))
+    if isinstance(wrapper, robust.RobustAggregation):
+        task = build_task(job, sites)
+        try:
+            wrapper.initial_state(initial_weights(task, job.seed), [d.site_id for d in sites])
+        except ValueError as exc:
+            raise FederationError(str(exc)) from None
+
+
+def robustness_extras(
+    config: JobConfig, strategy: Strategy, attacking: Sequence[str], hostile: attack.AttackTransport | None
+) -> dict:
+    """summary.json's `robust` (the aggregator, its parameters and, per round, what it chose or clipped;
+    only for strategies with an aggregator key) and `attack` (kind, scale, attacking sites; only with one)."""
+    extras: dict = {}
+    section = for_strategy(config, strategy.name).strategy if strategy.name in registry.names() else None
+    inner = strategy
+    while isinstance(inner, StrategyWrapper) and not isinstance(inner, robust.RobustAggregation):
+        inner = inner.inner
+    if isinstance(inner, robust.RobustAggregation):
+        extras["robust"] = inner.settings() | {"rounds": inner.rounds}
+    elif section is not None and hasattr(section, "aggregator"):
+        extras["robust"] = {"aggregator": "mean"}
+    record = attack.attack_record(config.attack, attacking, hostile)
+    if record is not None:
+        extras["attack"] = record
+    return extras

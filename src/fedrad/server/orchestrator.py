@@ -43,10 +43,20 @@ from fedrad.server.blobs import ModelBlobs
 from fedrad.server.ensemble_eval import evaluate_ensemble
 from fedrad.server.evaluation import ModelEvaluation, evaluate_models
 from fedrad.server.ledger import Ledger
-from fedrad.server.validation import UPDATE_NORM, NormReference, UpdateValidator, model_norm
+from fedrad.server.phases import PhaseChannel
+from fedrad.server.validation import UPDATE_NORM, NormReference, UpdateValidator, masked_problem, model_norm
 from fedrad.strategies.base import FitResult, FitTask, Fold, ServerState, Strategy
 from fedrad.transport.base import Transport
-from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply, SiteFailure, Weights
+from fedrad.types import (
+    DataKind,
+    FailureKind,
+    Instruction,
+    InstructionKind,
+    Reply,
+    RoundAborted,
+    SiteFailure,
+    Weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +130,18 @@ class Orchestrator:
 
     def round(self, round: int, state: ServerState) -> ServerState:
         started = time.perf_counter()
-        tasks = self.strategy.configure(round, state, self.train_sites)
-        instructions = self._instructions(round, tasks)
-        fold: Fold | None = self.strategy.begin(round, state)  # None: the results come as a list
-        results: list[FitResult] = []
+        asked = self.strategy.configure(round, state, self.train_sites)
         failures: list[SiteFailure] = []
         notes: list[str] = []
+        seed = lambda site: instruction_seed(self.ctx.seed, round, site)  # noqa: E731
+        channel = PhaseChannel(self.ctx.transport, self.ctx.ledger, round, self.ctx.job_hash, seed, failures)
+        tasks = self._prepare(round, state, asked, channel, notes)  # secure aggregation's key exchange, or asked
+        instructions = self._instructions(round, tasks)
+        fold: Fold | None = self.strategy.begin(round, state) if tasks else None  # None: the results come as a list
+        results: list[FitResult] = []
         train_metrics: dict[str, dict[str, float]] = {}
         answered = 0
-        for number, reply in self.ctx.transport.stream(instructions):
+        for number, reply in self.ctx.transport.stream(instructions) if instructions else ():
             if number != answered:
                 raise RuntimeError(f"round {round}: reply {number} arrived where reply {answered} was due")
             answered += 1
@@ -150,6 +163,8 @@ class Orchestrator:
         norms = [m[UPDATE_NORM] for m in train_metrics.values() if UPDATE_NORM in m]
         if norms:
             self.norms[round] = norms
+        if not notes and tasks:
+            notes = self._settle(round, fold, channel)  # secure aggregation's unmasking
         if not notes:
             state, notes = self._aggregate(round, state, fold, results)
         self.ctx.blobs.retain(state.models.values())  # the old model's form goes, unless it is still the model
@@ -159,7 +174,7 @@ class Orchestrator:
             failures += [failure for e in evaluations.values() for failure in e.failures]  # phase "evaluate"
         record = RoundRecord(
             round=round,
-            asked=[t.site_id for t in tasks],
+            asked=[t.site_id for t in asked],
             failures=failures,
             train_metrics=train_metrics,
             evaluations=evaluations,
@@ -170,6 +185,33 @@ class Orchestrator:
         if self.on_round is not None:
             self.on_round(record, state)
         return state
+
+    def _prepare(self, round: int, state: ServerState, asked: list[FitTask], channel: PhaseChannel,
+                 notes: list[str]) -> list[FitTask]:
+        """The strategy's phases before the fits; no task when it aborts the round (the reason in `notes`)."""
+        try:
+            return self.strategy.prepare(round, state, asked, channel)
+        except RoundAborted as exc:
+            log.warning("%s", exc)
+            notes.append(one_line(str(exc), 400))
+        except Exception as exc:  # a server bug: this round fails, not the run
+            log.exception("round %d: the phases before the fits failed", round)
+            notes.append(f"round {round}: the phases before the fits failed ({_one_line(exc)}); "
+                         "the round kept the previous model")
+        return []
+
+    def _settle(self, round: int, fold: Fold | None, channel: PhaseChannel) -> list[str]:
+        """The strategy's phases after the fits (unmasking); a note when the round cannot be completed."""
+        try:
+            self.strategy.settle(round, fold, channel)
+        except RoundAborted as exc:
+            log.warning("%s", exc)
+            return [one_line(str(exc), 400)]
+        except Exception as exc:
+            log.exception("round %d: the phases after the fits failed", round)
+            return [f"round {round}: the phases after the fits failed ({_one_line(exc)}); "
+                    "the round kept the previous model"]
+        return []
 
     def _fold(self, round: int, fold: Fold, result: FitResult, failures: list[SiteFailure]) -> list[str]:
         """Fold one validated update; if that raises (a server bug), the site's failure and a note."""
@@ -229,7 +271,8 @@ class Orchestrator:
                     site_id=task.site_id,
                     kind=InstructionKind.FIT,
                     payload={DataKind.WEIGHTS: blobs.encode(task.weights)}
-                    | ({} if task.control is None else {DataKind.CONTROL: blobs.encode(task.control)}),
+                    | ({} if task.control is None else {DataKind.CONTROL: blobs.encode(task.control)})
+                    | ({} if task.masked is None else {DataKind.SECAGG: task.masked.request}),
                     fit=task.config,
                     job_hash=self.ctx.job_hash,
                     seed=instruction_seed(self.ctx.seed, round, task.site_id),
@@ -286,6 +329,12 @@ class Orchestrator:
         SCAFFOLD's control-variate delta gets the same checks against the variate sent, but no norm
         bound: it is a correction, not a step.
         """
+        if task.masked is not None:  # secure aggregation: only the form can be judged
+            reason = masked_problem(reply.site_id, weights, control, task.masked, reply.num_examples,
+                                    self._declared(reply.site_id), self.ctx.validator)  # fmt: skip
+            if reason is not None:
+                log.warning("round %d: %s", reply.round, reason)
+            return reason, float("nan")
         expected = {n: a for n, a in task.weights.items() if n not in task.keep_local}  # what comes back
         if self.ctx.validator is None:
             return None, float("nan")

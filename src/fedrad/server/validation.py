@@ -121,6 +121,39 @@ class UpdateValidator:
         return None
 
 
+def masked_problem(
+    site_id: str, received: Weights, control: Weights | None, masked, num_examples: int, declared: int | None,
+    validator: UpdateValidator | None,
+) -> str | None:
+    """Why a masked upload (secure aggregation, `strategies.base.MaskedFit`) must not be summed, or None.
+
+    Its values are uniform words mod 2^32 whatever the update: finiteness and norms cannot be judged
+    (the site clips before masking; docs/secure_aggregation.md). What can: the names and shapes the
+    layout gives, dtype uint32, no control variates, and the example count, which must equal the
+    weight the site advertised and fit its data card.
+    """
+    cap = validator.max_num_examples if validator is not None else UpdateValidator.max_num_examples
+
+    def rejected(why: str) -> str:
+        return f"site {site_id}: masked update rejected: {why}"
+
+    if control is not None:
+        return rejected("the reply carries control variates it was not sent")
+    if num_examples != masked.num_examples:
+        return rejected(f"num_examples {num_examples}, it advertised {masked.num_examples}")
+    if not 0 < num_examples <= cap or (declared is not None and num_examples > declared):
+        return rejected(f"num_examples {num_examples} outside [1, {cap if declared is None else min(cap, declared)}]")
+    missing, unexpected = sorted(set(masked.shapes) - set(received)), sorted(set(received) - set(masked.shapes))
+    if missing or unexpected:
+        return rejected(f"tensor names differ from the masked layout (missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]})")
+    for name, shape in masked.shapes.items():
+        array = np.asarray(received[name])
+        if array.shape != tuple(shape) or array.dtype != np.uint32:
+            return rejected(f"tensor {name!r}: {array.dtype} {array.shape}, expected uint32 {tuple(shape)}")
+    return None
+
+
 PIECE = 1 << 20  # elements per piece: the norms' float64 temporaries stay 8 MB whatever a tensor's size
 
 

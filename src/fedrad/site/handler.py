@@ -22,6 +22,8 @@ from torch import nn
 from fedrad.codec import decode, encode
 from fedrad.data.base import SiteData, Split
 from fedrad.privacy.summary import EPSILON_SPENT
+from fedrad.secagg.crypto import SecAggError
+from fedrad.secagg.participant import CLIPPED, Participant, SecAggSettings
 from fedrad.site.state import FitState, SiteState, SiteStateError, SiteStateFile
 from fedrad.site.training import ScaffoldState, SiteError, private_epochs, train_epochs
 from fedrad.types import DataKind, Instruction, InstructionKind, Reply, Weights
@@ -53,7 +55,8 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray], site_id: s
 class Site:
     """One hospital's trainer. `task` supplies the model, the loss and the evaluation statistics."""
 
-    def __init__(self, data: SiteData, task, job_hash: str = "", state_file: SiteStateFile | None = None):
+    def __init__(self, data: SiteData, task, job_hash: str = "", state_file: SiteStateFile | None = None,
+                 secagg: SecAggSettings | None = None):  # fmt: skip
         self.data = data
         self.site_id = data.site_id
         self.task = task
@@ -62,6 +65,8 @@ class Site:
         self.state_file = state_file  # None: the state lives in memory only (the simulator)
         self.state: SiteState = (state_file.load() if state_file is not None else None) or SiteState()
         self.privacy = task.privacy  # fedrad.privacy.local.LocalPrivacy, or None: no local DP
+        # the job's secure aggregation (fedrad.secagg), or None: a SECAGG instruction is refused
+        self.secagg = Participant(self.site_id, secagg) if secagg is not None else None
         if self.privacy is not None and self.state.last.privacy_history is None:
             raise SiteStateError(f"{state_file.path}: site {self.site_id}'s state was written before fedrad accounted "
                                  "local DP (state version 1): the budget its fits spent is unknown; move it away "
@@ -88,6 +93,8 @@ class Site:
                 f"site {self.site_id}: instruction for job {instruction.job_hash[:12]!r} refused, "
                 f"this site approved job {self.job_hash[:12]!r}"
             )
+        if instruction.kind == InstructionKind.SECAGG:
+            return self._secagg_phase(instruction)
         if instruction.kind == InstructionKind.PREDICT:
             return self._predict(instruction)
         if instruction.kind == InstructionKind.EVALUATE and DataKind.OUTPUTS in instruction.payload:
@@ -146,8 +153,15 @@ class Site:
         self.state = self.state.after(instruction.round, FitState(instruction.round, local, c_i, history, spent))
         if self.state_file is not None:  # on disk before the reply leaves: a restart continues from here
             self.state_file.save(self.state)
-        # The entries the site keeps never leave it; the rest of what was sent goes back.
-        payload = {DataKind.WEIGHTS: encode({n: local[n] for n in sent if n not in instruction.keep_local})}
+        # The entries the site keeps never leave it; the rest of what was sent goes back (masked, with
+        # secure aggregation).
+        masked = instruction.payload.get(DataKind.SECAGG)
+        if masked is not None:
+            upload, clipped = self._masked(instruction, masked, sent, local)
+            privacy_metrics = privacy_metrics | {CLIPPED: clipped}
+        else:
+            upload = {n: local[n] for n in sent if n not in instruction.keep_local}
+        payload = {DataKind.WEIGHTS: encode(upload)}
         if delta is not None:
             payload[DataKind.CONTROL] = encode(delta)
         return Reply(
@@ -159,6 +173,27 @@ class Site:
             metrics={"train_loss": loss.loss, "epochs": float(loss.epochs)}
             | ({} if np.isnan(loss.val_loss) else {"val_loss": loss.val_loss}) | privacy_metrics,
         )
+
+    def _secagg_phase(self, instruction: Instruction) -> Reply:
+        """A secure-aggregation phase (advertise, share, unmask): fedrad.secagg.participant answers it."""
+        if self.secagg is None:
+            raise SiteError(f"site {self.site_id}: a secure-aggregation instruction, but this site's job has none")
+        blob = instruction.payload.get(DataKind.SECAGG)
+        if blob is None:
+            raise SiteError(f"site {self.site_id}: a secure-aggregation instruction without its payload")
+        try:
+            answer = self.secagg.respond(instruction.round, blob, len(self.data.train))
+        except SecAggError as exc:
+            raise SiteError(str(exc)) from None
+        return Reply(instruction.round, self.site_id, instruction.kind, payload={DataKind.SECAGG: answer})
+
+    def _masked(self, instruction: Instruction, blob: bytes, sent: Weights, local: Weights):
+        if self.secagg is None:
+            raise SiteError(f"site {self.site_id}: a masked fit, but this site's job has no secure aggregation")
+        try:
+            return self.secagg.mask(instruction.round, blob, sent, local, instruction.keep_local, len(self.data.train))
+        except SecAggError as exc:
+            raise SiteError(str(exc)) from None
 
     def _private_fit(self, instruction: Instruction, start: FitState, scaffold: ScaffoldState | None):
         """DP-SGD for this fit, after checking the budget (BudgetExceeded); the outcome, history and metrics."""

@@ -6,7 +6,17 @@ ends with its `register(StrategySpec(...))`, so a new strategy is one module plu
 
 from __future__ import annotations
 
-from fedrad.strategies import baselines, ensemble, fedavg, fedbn, fedopt, fedprox, scaffold, sequential  # noqa: F401
+from fedrad.strategies import (  # noqa: F401
+    baselines,
+    ensemble,
+    fedavg,
+    fedbn,
+    fedopt,
+    fedprox,
+    robust,
+    scaffold,
+    sequential,
+)
 from fedrad.strategies.base import FitResult, FitTask, ServerState, Strategy, StrategyWrapper
 from fedrad.strategies.baselines import CentralizedDataSharing, LocalOnly
 from fedrad.strategies.ensemble import Ensemble, EnsembleConfig
@@ -15,6 +25,7 @@ from fedrad.strategies.fedbn import FedBN
 from fedrad.strategies.fedopt import FedOpt, FedOptConfig
 from fedrad.strategies.fedprox import FedProx, FedProxConfig
 from fedrad.strategies.registry import BuildContext, StrategySection, StrategySpec, register
+from fedrad.strategies.robust import RobustAggregation
 from fedrad.strategies.scaffold import Scaffold
 from fedrad.strategies.sequential import SequentialConfig, SequentialTraining
 
@@ -33,6 +44,7 @@ __all__ = [
     "FitResult",
     "FitTask",
     "LocalOnly",
+    "RobustAggregation",
     "Scaffold",
     "SequentialConfig",
     "SequentialTraining",

@@ -185,3 +185,186 @@ def majority_vote(outputs: Sequence[np.ndarray]) -> np.ndarray:
         return (stacked > 0.5).mean(axis=0).astype(np.float32)
     votes = np.eye(stacked.shape[2], dtype=np.float32)[stacked.argmax(axis=2)]
     return votes.mean(axis=0)
+
+
+# Robust aggregation (strategies/robust.py wraps an averaging strategy with these). Each takes every
+# update of the round at once: a robust statistic needs them all, there is no running sum. One site,
+# one vote: the example counts do not weight the median, the trimmed mean or Krum's choice, so a site
+# cannot buy influence over a robust statistic by claiming more examples (the validator bounds the
+# claim by the site's declared count, but that count is the site's own word). They weight only what
+# is a mean again: Multi-Krum's average of the chosen updates and the norm-bounded mean.
+# Integer entries (BatchNorm's num_batches_tracked): the lower median of the sites' values (an actual
+# site's count, robust to one absurd value), Krum: the chosen site's, the means: the rounded weighted mean.
+
+
+def _robust_names(updates: Sequence[tuple[Weights, float]], what: str) -> list[str]:
+    """The entries every update carries (the first update's names), after checking they agree in name and shape."""
+    if not updates:
+        raise ValueError(f"{what} needs at least one update")
+    first = updates[0][0]
+    for weights, _ in updates[1:]:
+        if set(weights) != set(first):
+            differ = sorted(set(weights) ^ set(first))[:5]
+            raise ValueError(f"{what}: update names differ from the first update's: {differ}")
+        for name, array in weights.items():
+            if np.shape(array) != np.shape(first[name]):
+                raise ValueError(f"{what}: entry {name!r} has shape {np.shape(array)}, the first update's "
+                                 f"{np.shape(first[name])}")  # fmt: skip
+    return list(first)
+
+
+def _stack(updates: Sequence[tuple[Weights, float]], name: str) -> np.ndarray:
+    return np.stack([np.asarray(weights[name]) for weights, _ in updates])
+
+
+def _lower_median(stack: np.ndarray) -> np.ndarray:
+    """The coordinate-wise lower median along axis 0: always one of the values given (integers stay integers)."""
+    return np.sort(stack, axis=0)[(len(stack) - 1) // 2]
+
+
+def median(updates: Sequence[tuple[Weights, float]]) -> Weights:
+    """The coordinate-wise median of the updates (Yin et al. 2018), entry by entry, unweighted.
+
+    Float entries: numpy's median (the mean of the two middle values for an even count), computed in
+    at least float32 and returned in each entry's dtype; integer entries: the lower median.
+    Memory: besides the updates, one stacked copy of the largest entry (n x its size).
+    """
+    out: Weights = {}
+    for name in _robust_names(updates, "median"):
+        stack = _stack(updates, name)
+        if stack.dtype.kind != "f":
+            out[name] = _lower_median(stack)
+            continue
+        work = stack.astype(np.promote_types(stack.dtype, np.float32), copy=False)
+        out[name] = np.median(work, axis=0).astype(stack.dtype)
+    return out
+
+
+def trimmed_mean(updates: Sequence[tuple[Weights, float]], beta: float) -> Weights:
+    """The coordinate-wise beta-trimmed mean (Yin et al. 2018): at every coordinate the k = floor(beta * n)
+    largest and k smallest of the n values are dropped and the rest averaged (unweighted, in float64).
+
+    beta in [0, 0.5): at least one value is always left (0 is the plain mean of the values, unweighted).
+    Integer entries: the lower median.
+    """
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"trimmed_mean: beta must be in [0, 0.5), got {beta}")
+    names = _robust_names(updates, "trimmed_mean")
+    n = len(updates)
+    k = int(np.floor(beta * n))
+    out: Weights = {}
+    for name in names:
+        stack = _stack(updates, name)
+        if stack.dtype.kind != "f":
+            out[name] = _lower_median(stack)
+            continue
+        kept = np.sort(stack, axis=0)[k : n - k]
+        out[name] = kept.astype(np.float64).mean(axis=0).astype(stack.dtype)
+    return out
+
+
+def float_names(weights: Weights) -> list[str]:
+    """The floating-point entries: what Krum's distances and the update norms are taken over."""
+    return [name for name, array in weights.items() if np.asarray(array).dtype.kind == "f"]
+
+
+def pairwise_sq_distances(updates: Sequence[tuple[Weights, float]]) -> np.ndarray:
+    """The (n, n) squared L2 distances between the updates, over their flattened float entries (float64).
+
+    Accumulated entry by entry from the differences themselves (not from a Gram matrix, whose
+    cancellation would break Krum's ties at random), so the memory beyond the updates is one stacked
+    entry in float64 and its differences to one update.
+    """
+    names = float_names(updates[0][0])
+    n = len(updates)
+    distances = np.zeros((n, n))
+    for name in names:
+        stack = _stack(updates, name).reshape(n, -1).astype(np.float64)
+        for i in range(n - 1):
+            delta = stack[i + 1 :] - stack[i]
+            distances[i, i + 1 :] += np.einsum("ij,ij->i", delta, delta)
+    return distances + distances.T
+
+
+def krum_scores(updates: Sequence[tuple[Weights, float]], f: int) -> np.ndarray:
+    """Each update's Krum score (Blanchard et al. 2017): the sum of its squared distances to its n - f - 2
+    nearest other updates. Needs n > 2f + 2 updates (ValueError, one line, otherwise)."""
+    n = len(updates)
+    if f < 0:
+        raise ValueError(f"krum: f must be at least 0, got {f}")
+    if n <= 2 * f + 2:
+        raise ValueError(f"krum with f={f} needs more than 2f+2 = {2 * f + 2} updates, got {n}")
+    _robust_names(updates, "krum")
+    distances = pairwise_sq_distances(updates)
+    neighbours = n - f - 2
+    others = np.sort(distances + np.diag(np.full(n, np.inf)), axis=1)[:, :neighbours]  # itself excluded
+    return others.sum(axis=1)
+
+
+def krum_select(updates: Sequence[tuple[Weights, float]], f: int, m: int = 1) -> list[int]:
+    """The indices of the m updates with the lowest Krum scores, best first (ties: the lower index)."""
+    scores = krum_scores(updates, f)
+    if not 1 <= m <= len(updates):
+        raise ValueError(f"multi_krum: m must be between 1 and the {len(updates)} updates, got {m}")
+    return [int(i) for i in np.argsort(scores, kind="stable")[:m]]
+
+
+def krum(updates: Sequence[tuple[Weights, float]], f: int) -> Weights:
+    """Krum (Blanchard et al. 2017): the one update with the lowest score (see `krum_scores`), copied."""
+    chosen = updates[krum_select(updates, f, 1)[0]][0]
+    return {name: np.array(array, copy=True) for name, array in chosen.items()}
+
+
+def multi_krum(updates: Sequence[tuple[Weights, float]], f: int, m: int | None = None) -> Weights:
+    """Multi-Krum (El Mhamdi et al. 2018): the sample-weighted mean (pooled BatchNorm variance, as FedAvg's)
+    of the m updates with the lowest Krum scores, the scores computed once; m = None: n - f."""
+    m = len(updates) - f if m is None else m
+    chosen = krum_select(updates, f, m)
+    return weighted_mean([updates[i] for i in chosen], pool_batchnorm=True)
+
+
+def update_norms(updates: Sequence[tuple[Weights, float]], start: Weights) -> list[float]:
+    """Each update's L2 distance from `start` over its float entries (float64)."""
+    norms = []
+    for weights, _ in updates:
+        total = 0.0
+        for name in float_names(weights):
+            delta = np.asarray(weights[name], np.float64) - np.asarray(start[name], np.float64)
+            total += float(np.sum(delta * delta))
+        norms.append(float(np.sqrt(total)))
+    return norms
+
+
+def clipped(weights: Weights, start: Weights, bound: float, norm: float) -> Weights:
+    """`weights` moved towards `start` so that its float entries' distance from it is at most `bound`:
+    start + (weights - start) * min(1, bound / norm), `norm` being that distance; integer entries as given."""
+    factor = min(1.0, bound / norm) if norm > 0 else 1.0
+    if factor == 1.0:
+        return dict(weights)
+    out = dict(weights)
+    for name in float_names(weights):
+        base = np.asarray(start[name], np.float64)
+        out[name] = (base + (np.asarray(weights[name], np.float64) - base) * factor).astype(weights[name].dtype)
+    return out
+
+
+def norm_bounded_mean(
+    updates: Sequence[tuple[Weights, float]], start: Weights, bound: float | None = None
+) -> tuple[Weights, float]:
+    """Norm bounding (Sun et al. 2019): each update's distance from `start` (the model sent) clipped to
+    `bound`, then the sample-weighted mean (pooled BatchNorm variance, as FedAvg's). bound = None: the
+    median of this round's update norms, so at most half the updates are shortened. Returns (mean, bound).
+
+    A clipped running variance stays a convex combination of two variances, so it stays non-negative.
+    """
+    _robust_names(updates, "norm_bounded_mean")
+    missing = [name for name in float_names(updates[0][0]) if name not in start]
+    if missing:
+        raise ValueError(f"norm_bounded_mean: entries not in the model sent: {missing[:5]}")
+    norms = update_norms(updates, start)
+    bound = float(np.median(norms)) if bound is None else float(bound)
+    if not bound >= 0:
+        raise ValueError(f"norm_bounded_mean: the bound must be non-negative, got {bound}")
+    return weighted_mean(
+        [(clipped(w, start, bound, norm), n) for (w, n), norm in zip(updates, norms, strict=True)], pool_batchnorm=True
+    ), bound

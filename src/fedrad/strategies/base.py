@@ -33,6 +33,15 @@ class ServerState:
 
 
 @dataclass(frozen=True)
+class MaskedFit:
+    """A fit whose reply is masked (secure aggregation): the server checks its form, never its values."""
+
+    request: bytes  # the "masked" phase request, sent as the FIT instruction's DataKind.SECAGG payload
+    shapes: Mapping[str, tuple[int, ...]]  # the uint32 entries the reply must carry
+    num_examples: int  # the weight the site advertised (public); its reply must claim the same
+
+
+@dataclass(frozen=True)
 class FitTask:
     """Ask one site to train `weights` with `config`."""
 
@@ -43,6 +52,18 @@ class FitTask:
     # Entries the site keeps for itself (the strategy's `local_names`): a site with state uses its
     # own values for them, and its reply carries only the other entries of `weights`.
     keep_local: frozenset[str] = frozenset()
+    masked: MaskedFit | None = None  # secure aggregation: the reply is a masked upload (uint32 words)
+
+
+class Channel(Protocol):
+    """Extra message phases within a round, over the round's transport (secure aggregation's key
+    exchange and unmasking): `ask` sends each site its DataKind.SECAGG payload and returns the payloads
+    of the sites that answered (the others are the round's failures, booked like every message);
+    `reject(site, reason)` records a reply the strategy could not use as that site's failure."""
+
+    def ask(self, phase: str, requests: Mapping[str, bytes]) -> dict[str, bytes]: ...
+
+    def reject(self, site_id: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,9 @@ class Strategy(ABC):
     - `local_names(weights)`: entries each site keeps for itself and is evaluated with (FedBN's
       BatchNorm, an ensemble member); none by default.
     - `simulation_only`: a baseline only the simulator can run (pooled data, no federation).
+    - `prepare(round, state, tasks, channel) -> tasks`: phases before the fits (secure aggregation's
+      key exchange); the tasks for the sites still in. `settle(round, fold, channel)`: phases after
+      the fits, before `finish` (unmasking). Both may raise `RoundAborted`. Defaults: nothing.
     """
 
     name: str = ""
@@ -132,6 +156,13 @@ class Strategy(ABC):
     def begin(self, round: int, state: ServerState) -> Fold | None:
         """The round's streaming aggregation, or None: the results come to `aggregate` as a list."""
         return None
+
+    def prepare(self, round: int, state: ServerState, tasks: list[FitTask], channel: Channel) -> list[FitTask]:
+        """Phases before the round's fits; the tasks to send. Default: none, every task."""
+        return tasks
+
+    def settle(self, round: int, fold: Fold | None, channel: Channel) -> None:  # noqa: B027 (a default, not abstract)
+        """Phases after the round's fits, before the fold finishes. Default: none."""
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         fold = self.begin(round, state)
@@ -195,6 +226,12 @@ class StrategyWrapper(Strategy):
 
     def begin(self, round: int, state: ServerState) -> Fold | None:
         return self.inner.begin(round, state)
+
+    def prepare(self, round: int, state: ServerState, tasks: list[FitTask], channel: Channel) -> list[FitTask]:
+        return self.inner.prepare(round, state, tasks, channel)
+
+    def settle(self, round: int, fold: Fold | None, channel: Channel) -> None:
+        self.inner.settle(round, fold, channel)
 
     def aggregate(self, round: int, state: ServerState, results: Sequence[FitResult]) -> ServerState:
         # Through this wrapper's own `begin` when it streams, so a wrapper that changes only the fold

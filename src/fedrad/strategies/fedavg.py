@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from fedrad.strategies.base import GLOBAL, FitTask, MeanFold, ServerState, Strategy
 from fedrad.strategies.registry import BuildContext, StrategySection, StrategySpec, register
@@ -37,11 +37,41 @@ class FedAvgConfig:
             raise ValueError(f"min_sites must be at least 1, got {self.min_sites}")
 
 
+Aggregator = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"]
+ROBUST_KEYS = ("aggregator", "trimmed_beta", "krum_f", "multikrum_m", "norm_bound", "robust_max_mb")
+
+
 class Sampling(StrategySection):
-    """The keys of every strategy that asks FedAvg's seeded share of sites each round."""
+    """The keys of every strategy that asks FedAvg's seeded share of sites each round, and how the
+    replies are combined (`aggregator`: robust aggregation, `fedrad.strategies.robust`, docs/robustness.md)."""
 
     fraction: float = Field(1.0, gt=0, le=1)  # share of sites asked per round
     min_sites: int = Field(1, ge=1)  # never ask fewer than this many sites
+    # mean: the strategy's own (streamed) sample-weighted mean; the others hold every update of the round.
+    aggregator: Aggregator = "mean"
+    trimmed_beta: float = Field(0.1, ge=0, lt=0.5)  # trimmed_mean: share dropped at each end, per coordinate
+    krum_f: int = Field(1, ge=0)  # krum, multi_krum: the hostile sites assumed; a round needs n > 2f + 2 replies
+    multikrum_m: int | None = Field(None, ge=1)  # multi_krum: updates averaged; null: n - krum_f
+    norm_bound: float | None = Field(None, gt=0)  # norm_bound: the L2 bound; null: the round's median norm
+    robust_max_mb: float = Field(4096.0, gt=0)  # refuse when (sites asked per round) x (model MB) exceeds it
+
+    @model_serializer(mode="wrap")
+    def _robust_keys_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """With aggregator mean, the robust keys left at their defaults are not written (config.yaml, the job
+        hash): a job that does not use robust aggregation keeps the dump, and the hash, it had before them.
+        Every robust key is written once the aggregator is another one, and any key set to another value."""
+        data = handler(self)
+        if self.aggregator != "mean":
+            return data
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k not in ROBUST_KEYS or getattr(self, k) != fields[k].default}
+
+    @model_validator(mode="after")
+    def _robust_fits_strategy(self) -> Sampling:
+        if self.name == "scaffold" and self.aggregator != "mean":
+            raise ValueError(f"aggregator '{self.aggregator}' cannot wrap scaffold: robust aggregation of its "
+                             "control variates is not built (use aggregator: mean)")  # fmt: skip
+        return self
 
     def fedavg(self, ctx: BuildContext) -> FedAvgConfig:
         return FedAvgConfig(fraction=self.fraction, min_sites=self.min_sites, seed=ctx.seed, fit=ctx.fit)

@@ -7,9 +7,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
 cd "$root/src"
-"$python" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedrad/transport/fedrad.proto
+"$python" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedrad/transport/fedrad.proto fedrad/secagg/secagg.proto
 # Generated code is not ours to lint.
-for f in fedrad/transport/fedrad_pb2.py fedrad/transport/fedrad_pb2.pyi; do
+for f in fedrad/transport/fedrad_pb2.py fedrad/transport/fedrad_pb2.pyi fedrad/secagg/secagg_pb2.py fedrad/secagg/secagg_pb2.pyi; do
     printf '# ruff: noqa\n%s\n' "$(cat "$f")" > "$f"
 done
-"$python" -c "import fedrad.transport.fedrad_pb2 as pb; print('ok', pb.DESCRIPTOR.name)"
+"$python" -c "import fedrad.transport.fedrad_pb2 as pb, fedrad.secagg.secagg_pb2 as sa; print('ok', pb.DESCRIPTOR.name, sa.DESCRIPTOR.name)"

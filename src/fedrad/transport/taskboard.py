@@ -49,6 +49,7 @@ Verdict = tuple[int, str] | None  # (SubmitAck status, reason); None: the reply 
 CLOSED_MEMORY = 10_000  # finished task ids kept, to answer late and duplicate submissions
 HEADER_SLACK_BYTES = 64 << 10  # a safetensors header's variation: a reply holds no more tensors than were sent
 METRICS_BYTES = 16 << 20  # evaluation statistics (confusion counts, score histograms) are kilobytes in practice
+SECAGG_BYTES, SECAGG_FACTOR = 64 << 10, 4  # a secure-aggregation phase reply: this plus 4 x its request
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,11 @@ def reply_limits(instruction: Instruction, max_payload_bytes: int = wire.MAX_PAY
     What each reply carries is site/handler.py's: FIT sends back weights that are a subset of those
     sent (the entries a site keeps stay home) in their dtypes, so at most the sent blob plus a
     header's slack, and SCAFFOLD's control delta likewise against the control variates sent.
-    EVALUATE sends statistics only (METRICS_BYTES). PREDICT sends probabilities, and the querying
-    site its test images: their size depends on a test set the server cannot know, so the payload
-    bound applies.
+    EVALUATE sends statistics only (METRICS_BYTES). A SECAGG phase reply holds at most a sealed share
+    pair (about 150 bytes) per site its request names, and the request holds at least a name and a
+    public key (or a share) per site: SECAGG_BYTES plus SECAGG_FACTOR x the request bounds it.
+    PREDICT sends probabilities, and the querying site its test images: their size depends on a test
+    set the server cannot know, so the payload bound applies.
     """
     sent = instruction.payload
     if instruction.kind == InstructionKind.FIT:
@@ -81,6 +84,9 @@ def reply_limits(instruction: Instruction, max_payload_bytes: int = wire.MAX_PAY
         return {kind.value: len(sent[kind]) + HEADER_SLACK_BYTES for kind in kinds if kind in sent}
     if instruction.kind == InstructionKind.EVALUATE:
         return {DataKind.METRICS.value: min(METRICS_BYTES, max_payload_bytes)}
+    if instruction.kind == InstructionKind.SECAGG:  # keys, or one sealed share pair per site the request names
+        size = SECAGG_BYTES + SECAGG_FACTOR * len(sent.get(DataKind.SECAGG, b""))
+        return {DataKind.SECAGG.value: min(size, max_payload_bytes)}
     outputs = {DataKind.OUTPUTS.value: max_payload_bytes}
     return outputs if DataKind.RAW_DATA in sent else outputs | {DataKind.RAW_DATA.value: max_payload_bytes}
 
@@ -497,8 +503,13 @@ class TaskBoard:
 
     def _close(self, task: Task) -> Callable[[], None] | None:
         """Close `task`; the cancel of an upload still streaming for it, for the caller to call unlocked."""
+        site = task.instruction.site_id
         self._tasks.pop(task.task_id, None)
-        self._queues[task.instruction.site_id].remove(task)
+        self._queues[site].remove(task)
+        if not task.answered and not any(t.deliveries and not t.answered for t in self._queues[site]):
+            # It had its chance: no longer counted as training, so once silent for gone_after_s (a
+            # client killed mid-fit) its next tasks fail at once instead of each waiting a deadline.
+            self._busy.discard(site)
         self._closed[task.task_id] = "answered" if task.answered else "expired: its deadline had passed"
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
