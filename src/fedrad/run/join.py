@@ -17,6 +17,7 @@ from fedrad.pki.kits import SiteKit
 from fedrad.run.federation import job_harmonizer
 from fedrad.run.serve import DeployError
 from fedrad.run.simulate import build_sites, build_task
+from fedrad.secagg.identity import Identity
 from fedrad.site.handler import Site
 from fedrad.site.state import SiteStateFile, default_state_path
 from fedrad.yamlfile import read_yaml_mapping
@@ -52,5 +53,6 @@ def client_site(config: JobConfig, kit: SiteKit, data_path: Path, state_path: Pa
     data = dataclasses.replace(data, site_id=kit.site_id)
     job_hash = config.job_hash()
     path = state_path or default_state_path(data_path, kit.site_id, job_hash)
+    identity = Identity.from_pem(kit.site_id, kit.cert_pem, kit.key_pem, kit.ca_pem)  # signs its secagg keys
     return Site(data, build_task(config, [data]), job_hash, SiteStateFile(path, job_hash, kit.site_id),
-                config.secure_aggregation.settings())
+                config.secure_aggregation.settings(), identity)

@@ -18,8 +18,9 @@ round has lost them and is recovered like any site that dropped):
 
 Every setting the server states (threshold, fixed point, clip bound, the total of the examples) is
 checked against what this site's own job says and what the others announced: a server cannot lower
-the threshold or change the weights. What a site cannot check (that the server relays the keys it
-was given: an active server could substitute keys) is the semi-honest server model, docs/secure_aggregation.md.
+the threshold or change the weights. Deployed, each site signs its advertisement with its mTLS
+certificate's key and checks every other site's (`fedrad.secagg.identity`), so a server cannot
+substitute keys either (docs/secure_aggregation.md, "Threat model").
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from fedrad.secagg import crypto, masking
 from fedrad.secagg import secagg_pb2 as pb
 from fedrad.secagg.crypto import SecAggError
+from fedrad.secagg.identity import Identity
 from fedrad.types import Weights
 
 ADVERTISE, SHARE, MASKED, UNMASK = "advertise", "share", "masked", "unmask"
@@ -85,6 +87,7 @@ class Session:
     u2: list[str] = field(default_factory=list)
     inbox: dict[str, bytes] = field(default_factory=dict)
     revealed: dict[str, str] = field(default_factory=dict)  # site -> "seed" or "key": what this site gave of it
+    advertised: pb.PublicKeys | None = None  # what this site sent (signed, when deployed)
 
     @property
     def mask_key(self):
@@ -100,8 +103,9 @@ class Session:
 class Participant:
     """One site in secure aggregation; `respond` answers the SECAGG phases, `mask` the FIT's upload."""
 
-    def __init__(self, site_id: str, settings: SecAggSettings):
+    def __init__(self, site_id: str, settings: SecAggSettings, identity: Identity | None = None):
         self.site_id, self.settings = site_id, settings
+        self.identity = identity  # deployed: signs this site's keys and checks the others' (secagg.identity)
         self.sessions: dict[int, Session] = {}
 
     def respond(self, round: int, blob: bytes, num_examples: int) -> bytes:
@@ -153,8 +157,11 @@ class Participant:
                               "included")
         self._check_threshold(request, len(asked), ADVERTISE)
         session = Session(request.round, asked, request.threshold, num_examples)
+        session.advertised = session.public()
+        if self.identity is not None:
+            self.identity.sign(request.round, session.advertised)
         self.sessions = {r: s for r, s in self.sessions.items() if r > request.round - 2} | {request.round: session}
-        return pb.Response(phase=ADVERTISE, round=request.round, keys=session.public())
+        return pb.Response(phase=ADVERTISE, round=request.round, keys=session.advertised)
 
     def _share(self, request: pb.Request, num_examples: int) -> pb.Response:
         session = self._session(request.round, SHARE)
@@ -163,8 +170,11 @@ class Participant:
         if set(request.keys) != set(u1):
             raise SecAggError(f"site {self.site_id}: share: keys for {sorted(request.keys)}, U1 is {sorted(u1)}")
         mine = request.keys[self.site_id]
-        if mine.SerializeToString(deterministic=True) != session.public().SerializeToString(deterministic=True):
+        if mine.SerializeToString(deterministic=True) != session.advertised.SerializeToString(deterministic=True):
             raise SecAggError(f"site {self.site_id}: share: the server relays other keys than this site advertised")
+        if self.identity is not None:  # deployed: every other site's keys must be signed by its certificate
+            for other in sorted(set(u1) - {self.site_id}):
+                self.identity.check(request.round, other, request.keys[other])
         publics = [k.cipher for k in request.keys.values()] + [k.mask for k in request.keys.values()]
         if len(set(publics)) != len(publics):
             raise SecAggError(f"site {self.site_id}: share: two advertised public keys are equal")

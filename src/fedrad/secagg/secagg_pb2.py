@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64rad/secagg/secagg.proto\x12\x10\x66\x65\x64rad.secagg.v1\"U\n\nPublicKeys\x12\x0e\n\x06\x63ipher\x18\x01 \x01(\x0c\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x13\n\x0bseed_digest\x18\x03 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\"\x90\x03\n\x07Request\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0e\n\x06roster\x18\x04 \x03(\t\x12\x31\n\x04keys\x18\x05 \x03(\x0b\x32#.fedrad.secagg.v1.Request.KeysEntry\x12?\n\x0b\x63iphertexts\x18\x06 \x03(\x0b\x32*.fedrad.secagg.v1.Request.CiphertextsEntry\x12\x0f\n\x07\x64ropped\x18\x07 \x03(\t\x12\x15\n\rfraction_bits\x18\x08 \x01(\r\x12\x16\n\x0etotal_examples\x18\t \x01(\x04\x12\x11\n\tclip_norm\x18\n \x01(\x01\x1aI\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.fedrad.secagg.v1.PublicKeys:\x02\x38\x01\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"%\n\x05Share\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xe1\x03\n\x08Response\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12*\n\x04keys\x18\x03 \x01(\x0b\x32\x1c.fedrad.secagg.v1.PublicKeys\x12@\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32+.fedrad.secagg.v1.Response.CiphertextsEntry\x12?\n\x0bseed_shares\x18\x05 \x03(\x0b\x32*.fedrad.secagg.v1.Response.SeedSharesEntry\x12=\n\nkey_shares\x18\x06 \x03(\x0b\x32).fedrad.secagg.v1.Response.KeySharesEntry\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1aJ\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fedrad.secagg.v1.Share:\x02\x38\x01\x1aI\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fedrad.secagg.v1.Share:\x02\x38\x01\"r\n\tSharePair\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\r\n\x05index\x18\x04 \x01(\r\x12\x12\n\nseed_share\x18\x05 \x01(\x0c\x12\x11\n\tkey_share\x18\x06 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64rad/secagg/secagg.proto\x12\x10\x66\x65\x64rad.secagg.v1\"}\n\nPublicKeys\x12\x0e\n\x06\x63ipher\x18\x01 \x01(\x0c\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x13\n\x0bseed_digest\x18\x03 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x90\x03\n\x07Request\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0e\n\x06roster\x18\x04 \x03(\t\x12\x31\n\x04keys\x18\x05 \x03(\x0b\x32#.fedrad.secagg.v1.Request.KeysEntry\x12?\n\x0b\x63iphertexts\x18\x06 \x03(\x0b\x32*.fedrad.secagg.v1.Request.CiphertextsEntry\x12\x0f\n\x07\x64ropped\x18\x07 \x03(\t\x12\x15\n\rfraction_bits\x18\x08 \x01(\r\x12\x16\n\x0etotal_examples\x18\t \x01(\x04\x12\x11\n\tclip_norm\x18\n \x01(\x01\x1aI\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.fedrad.secagg.v1.PublicKeys:\x02\x38\x01\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"%\n\x05Share\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xe1\x03\n\x08Response\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12*\n\x04keys\x18\x03 \x01(\x0b\x32\x1c.fedrad.secagg.v1.PublicKeys\x12@\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32+.fedrad.secagg.v1.Response.CiphertextsEntry\x12?\n\x0bseed_shares\x18\x05 \x03(\x0b\x32*.fedrad.secagg.v1.Response.SeedSharesEntry\x12=\n\nkey_shares\x18\x06 \x03(\x0b\x32).fedrad.secagg.v1.Response.KeySharesEntry\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1aJ\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fedrad.secagg.v1.Share:\x02\x38\x01\x1aI\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fedrad.secagg.v1.Share:\x02\x38\x01\"r\n\tSharePair\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\r\n\x05index\x18\x04 \x01(\r\x12\x12\n\nseed_share\x18\x05 \x01(\x0c\x12\x11\n\tkey_share\x18\x06 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSE_KEYSHARESENTRY']._loaded_options = None
   _globals['_RESPONSE_KEYSHARESENTRY']._serialized_options = b'8\001'
   _globals['_PUBLICKEYS']._serialized_start=48
-  _globals['_PUBLICKEYS']._serialized_end=133
-  _globals['_REQUEST']._serialized_start=136
-  _globals['_REQUEST']._serialized_end=536
-  _globals['_REQUEST_KEYSENTRY']._serialized_start=411
-  _globals['_REQUEST_KEYSENTRY']._serialized_end=484
-  _globals['_REQUEST_CIPHERTEXTSENTRY']._serialized_start=486
-  _globals['_REQUEST_CIPHERTEXTSENTRY']._serialized_end=536
-  _globals['_SHARE']._serialized_start=538
-  _globals['_SHARE']._serialized_end=575
-  _globals['_RESPONSE']._serialized_start=578
-  _globals['_RESPONSE']._serialized_end=1059
-  _globals['_RESPONSE_CIPHERTEXTSENTRY']._serialized_start=486
-  _globals['_RESPONSE_CIPHERTEXTSENTRY']._serialized_end=536
-  _globals['_RESPONSE_SEEDSHARESENTRY']._serialized_start=910
-  _globals['_RESPONSE_SEEDSHARESENTRY']._serialized_end=984
-  _globals['_RESPONSE_KEYSHARESENTRY']._serialized_start=986
-  _globals['_RESPONSE_KEYSHARESENTRY']._serialized_end=1059
-  _globals['_SHAREPAIR']._serialized_start=1061
-  _globals['_SHAREPAIR']._serialized_end=1175
+  _globals['_PUBLICKEYS']._serialized_end=173
+  _globals['_REQUEST']._serialized_start=176
+  _globals['_REQUEST']._serialized_end=576
+  _globals['_REQUEST_KEYSENTRY']._serialized_start=451
+  _globals['_REQUEST_KEYSENTRY']._serialized_end=524
+  _globals['_REQUEST_CIPHERTEXTSENTRY']._serialized_start=526
+  _globals['_REQUEST_CIPHERTEXTSENTRY']._serialized_end=576
+  _globals['_SHARE']._serialized_start=578
+  _globals['_SHARE']._serialized_end=615
+  _globals['_RESPONSE']._serialized_start=618
+  _globals['_RESPONSE']._serialized_end=1099
+  _globals['_RESPONSE_CIPHERTEXTSENTRY']._serialized_start=526
+  _globals['_RESPONSE_CIPHERTEXTSENTRY']._serialized_end=576
+  _globals['_RESPONSE_SEEDSHARESENTRY']._serialized_start=950
+  _globals['_RESPONSE_SEEDSHARESENTRY']._serialized_end=1024
+  _globals['_RESPONSE_KEYSHARESENTRY']._serialized_start=1026
+  _globals['_RESPONSE_KEYSHARESENTRY']._serialized_end=1099
+  _globals['_SHAREPAIR']._serialized_start=1101
+  _globals['_SHAREPAIR']._serialized_end=1215
 # @@protoc_insertion_point(module_scope)

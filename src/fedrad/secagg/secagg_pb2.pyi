@@ -8,16 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PublicKeys(_message.Message):
-    __slots__ = ("cipher", "mask", "seed_digest", "num_examples")
+    __slots__ = ("cipher", "mask", "seed_digest", "num_examples", "certificate", "signature")
     CIPHER_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     SEED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     cipher: bytes
     mask: bytes
     seed_digest: bytes
     num_examples: int
-    def __init__(self, cipher: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., seed_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ...) -> None: ...
+    certificate: bytes
+    signature: bytes
+    def __init__(self, cipher: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., seed_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Request(_message.Message):
     __slots__ = ("phase", "round", "threshold", "roster", "keys", "ciphertexts", "dropped", "fraction_bits", "total_examples", "clip_norm")

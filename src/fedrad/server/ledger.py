@@ -67,8 +67,11 @@ class Ledger:
         by_kind: dict[str, int] = defaultdict(int)
         by_phase: dict[str, int] = defaultdict(int)
         by_site: dict[str, dict] = defaultdict(lambda: {"sent": 0, "received": 0, "by_kind": defaultdict(int)})
+        uploaded: dict[str, int] = defaultdict(int)  # what the sites sent to train: the upload a link must carry
         for t in self.transfers:
             by_kind[t.kind.value] += t.nbytes
+            if t.direction == "sent" and t.phase == "train":
+                uploaded[t.kind.value] += t.nbytes
             by_phase[t.phase] += t.nbytes
             site = by_site[t.site_id]
             site[t.direction] += t.nbytes
@@ -80,6 +83,7 @@ class Ledger:
             "by_kind": dict(by_kind),
             "by_phase": dict(by_phase),
             "by_site": {s: {**v, "by_kind": dict(v["by_kind"])} for s, v in sorted(by_site.items())},
+            "train_upload_by_kind": dict(sorted(uploaded.items())),
         }
 
     def rows(self) -> list[dict]:

@@ -23,6 +23,7 @@ from fedrad.codec import decode, encode
 from fedrad.data.base import SiteData, Split
 from fedrad.privacy.summary import EPSILON_SPENT
 from fedrad.secagg.crypto import SecAggError
+from fedrad.secagg.identity import Identity
 from fedrad.secagg.participant import CLIPPED, Participant, SecAggSettings
 from fedrad.site.state import FitState, SiteState, SiteStateError, SiteStateFile
 from fedrad.site.training import ScaffoldState, SiteError, private_epochs, train_epochs
@@ -56,7 +57,7 @@ class Site:
     """One hospital's trainer. `task` supplies the model, the loss and the evaluation statistics."""
 
     def __init__(self, data: SiteData, task, job_hash: str = "", state_file: SiteStateFile | None = None,
-                 secagg: SecAggSettings | None = None):  # fmt: skip
+                 secagg: SecAggSettings | None = None, identity: Identity | None = None):  # fmt: skip
         self.data = data
         self.site_id = data.site_id
         self.task = task
@@ -66,7 +67,8 @@ class Site:
         self.state: SiteState = (state_file.load() if state_file is not None else None) or SiteState()
         self.privacy = task.privacy  # fedrad.privacy.local.LocalPrivacy, or None: no local DP
         # the job's secure aggregation (fedrad.secagg), or None: a SECAGG instruction is refused
-        self.secagg = Participant(self.site_id, secagg) if secagg is not None else None
+        # (deployed: `identity`, the kit's certificate, signs its keys and checks the others')
+        self.secagg = Participant(self.site_id, secagg, identity) if secagg is not None else None
         if self.privacy is not None and self.state.last.privacy_history is None:
             raise SiteStateError(f"{state_file.path}: site {self.site_id}'s state was written before fedrad accounted "
                                  "local DP (state version 1): the budget its fits spent is unknown; move it away "
