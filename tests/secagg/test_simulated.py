@@ -121,3 +121,16 @@ def test_what_secure_aggregation_cannot_compose_with_is_refused_in_one_line(chan
     config = JobConfig.model_validate(job)
     with pytest.raises(FederationError, match=message):
         wrapped(config, build_strategy(config), [f"s{i}" for i in range(len(build_sites(config)))], 0)
+
+
+def test_a_site_whose_trained_model_is_not_finite_sends_no_masked_upload():
+    from fedrad.site.training import SiteError
+
+    config = JobConfig.model_validate(tiny_job(**SECURE))
+    data = build_sites(config)[0]
+    site = Site(data, build_task(config, [data]), config.job_hash(), None, config.secure_aggregation.settings())
+    sent = initial_weights(site.task, 0)
+    diverged = {n: (np.full_like(a, np.nan) if a.dtype.kind == "f" else a) for n, a in sent.items()}
+    with pytest.raises(SiteError, match="its trained model is not finite") as raised:
+        site._masked(None, b"", sent, diverged)
+    assert raised.value.kind == FailureKind.ERROR

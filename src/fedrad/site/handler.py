@@ -27,7 +27,7 @@ from fedrad.secagg.identity import Identity
 from fedrad.secagg.participant import CLIPPED, Participant, SecAggSettings
 from fedrad.site.state import FitState, SiteState, SiteStateError, SiteStateFile
 from fedrad.site.training import ScaffoldState, SiteError, private_epochs, train_epochs
-from fedrad.types import DataKind, Instruction, InstructionKind, Reply, Weights
+from fedrad.types import DataKind, FailureKind, Instruction, InstructionKind, Reply, Weights
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,10 @@ class Site:
     def _masked(self, instruction: Instruction, blob: bytes, sent: Weights, local: Weights):
         if self.secagg is None:
             raise SiteError(f"site {self.site_id}: a masked fit, but this site's job has no secure aggregation")
+        bad = sorted(n for n, a in local.items() if a.dtype.kind == "f" and not np.isfinite(a).all())
+        if bad:  # the server cannot see masked values: the site itself must not send a diverged model
+            raise SiteError(f"site {self.site_id}: its trained model is not finite ({bad[0]!r}); a masked upload "
+                            "would hide that from the server, so none is sent", FailureKind.ERROR)
         try:
             return self.secagg.mask(instruction.round, blob, sent, local, instruction.keep_local, len(self.data.train))
         except SecAggError as exc:
