@@ -5,13 +5,16 @@ simulator's own machinery twice, plain (the baseline) and with `secure_aggregati
 (every key exchange, sealed share, mask and unmasking real). It prints, for each, the bytes the
 sites sent to train (weights + the protocol's messages, from the ledger), the median round wall
 time (plain, secure, secure, plain: the order cancels a drifting load) and the pooled balanced
-accuracy; then the ratios, and the largest difference between the two models after one round (the
-fixed point's rounding; after more rounds the runs train from slightly different models and
-training amplifies the difference, so the accuracies differ as two seeds would).
+accuracy, and the CPU seconds of each kind of run and of secure aggregation's own code (wall time
+on a shared machine moves with its load; CPU time does not); then the ratios, and the largest
+difference between the two models after one round (the fixed point's rounding; after more rounds
+the runs train from slightly different models and training amplifies the difference, so the
+accuracies differ as two seeds would).
 
-Over gRPC (`--grpc`): the same pair on the tiny three-site job of the tests, each as a `fedrad
-server` and three `fedrad client` processes on loopback with mutual TLS (tests/deploy/helpers.py),
-so the extra message phases pay their real round trips; the median round wall time is the server's.
+Over gRPC (`--grpc`): the same pair, each as a provisioned project with a `fedrad server` and one
+`fedrad client` process per hospital on loopback with mutual TLS, so the extra message phases pay
+their real round trips and the clients sign and check their keys; the median round wall time is the
+server's (metrics.jsonl).
 
     .venv/bin/python bench/secure_aggregation.py [--job examples/phantom.yaml] [--rounds 5] [--grpc]
     # targets: upload <= 1.1 x plain, round time <= 1.5 x plain
@@ -20,20 +23,28 @@ so the extra message phases pay their real round trips; the median round wall ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.deploy.helpers, for --grpc
 
 from fedrad.config import JobConfig, load_config  # noqa: E402
+from fedrad.pki.provision import ProjectSpec, ServerSpec, provision  # noqa: E402
 from fedrad.run import simulate  # noqa: E402
+from fedrad.secagg.participant import Participant  # noqa: E402
+from fedrad.strategies.secure_agg import SecureAggregation, SecureSum  # noqa: E402
 
 SECURE = {"enabled": True}
 
@@ -53,14 +64,50 @@ def _secure(config: JobConfig) -> JobConfig:
     return JobConfig.model_validate(config.model_dump(mode="json") | {"secure_aggregation": SECURE})
 
 
+PROTOCOL = ((SecureAggregation, "prepare"), (SecureAggregation, "settle"), (Participant, "mask"),
+            (SecureSum, "add"), (SecureSum, "finish"))  # fmt: skip
+
+
+@contextlib.contextmanager
+def protocol_cpu(spent: list[float]):
+    """CPU seconds spent in secure aggregation's own code (key exchange, masking, sum, unmasking), added to
+    `spent`: a measure the machine's load does not move, unlike wall time."""
+    originals = [(cls, name, getattr(cls, name)) for cls, name in PROTOCOL]
+
+    def timed(function):
+        def call(*args, **kwargs):
+            started = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent.append(time.process_time() - started)
+        return call
+
+    for cls, name, function in originals:
+        setattr(cls, name, timed(function))
+    try:
+        yield
+    finally:
+        for cls, name, function in originals:
+            setattr(cls, name, function)
+
+
 def simulated(config: JobConfig, work: Path) -> list[dict]:
     """Plain, secure, secure, plain (each kind's rounds pooled for the median: the order cancels drift)."""
     runs: dict[str, list] = {"plain": [], "secure": []}
+    cpu: dict[str, float] = {"plain": 0.0, "secure": 0.0}
+    spent: list[float] = []
     for i, name in enumerate(("plain", "secure", "secure", "plain")):
         job = config if name == "plain" else _secure(config)
         out = work / f"sim-{i}-{name}"
-        summary = simulate.MethodRun(job, job.strategy.name, out, simulate.build_sites(job)).run()
+        started = time.process_time()
+        with protocol_cpu(spent) if name == "secure" else contextlib.nullcontext():
+            summary = simulate.MethodRun(job, job.strategy.name, out, simulate.build_sites(job)).run()
+        cpu[name] += time.process_time() - started
         runs[name].append((summary, out))
+    print(f"CPU seconds of the whole runs: plain {cpu['plain']:.1f}, secure {cpu['secure']:.1f} "
+          f"({cpu['secure'] / cpu['plain']:.3f}x); of it in secure aggregation's own code {sum(spent):.2f} "
+          f"({100 * sum(spent) / cpu['secure']:.2f}% of the secure runs')")
     rows = []
     for name, done in runs.items():
         times = [t for _, out in done for t in _round_times(out)]
@@ -81,21 +128,42 @@ def one_aggregation(config: JobConfig, work: Path) -> float:
                for n in models[0] if models[0][n].dtype.kind == "f")  # fmt: skip
 
 
-def deployed(rounds: int, work: Path) -> list[dict]:
-    from tests.deploy.helpers import JOB, SITES, Federation, finish
+def deployed(config: JobConfig, work: Path) -> list[dict]:
+    """The job over gRPC + mTLS: a provisioned project, `fedrad server` and one `fedrad client` per site."""
+    from tests.deploy.helpers import bound_port  # noqa: I001 (the repository root is on the path from here)
 
+    sites = [d.site_id for d in simulate.build_sites(config)]
     rows = []
-    for name, extra in (("plain", {}), ("secure", {"secure_aggregation": SECURE})):
-        job = {**JOB, "name": f"bench-{name}", "train": {**JOB["train"], "rounds": rounds}, **extra}
-        federation = Federation(work / f"grpc-{name}", job=job)
-        out = federation.root / "run"
+    for name, job in (("plain", config), ("secure", _secure(config))):
+        root = work / f"grpc-{name}"
+        kits = provision(ProjectSpec(name="bench", server=ServerSpec(hosts=("127.0.0.1",), port=1), sites=tuple(sites)),
+                         root / "kits")  # fmt: skip
+        (root / "job.yaml").write_text(yaml.safe_dump(job.model_dump(mode="json")))
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        fedrad = [sys.executable, "-m", "fedrad.cli"]
+        out = root / "run"
+        with (root / "server.log").open("wb") as log:
+            server = subprocess.Popen([*fedrad, "server", "--job", str(root / "job.yaml"), "--kit", str(kits.server),
+                                       "--out", str(out), "--bind", "127.0.0.1:0", "--deadline", "600", "--poll", "1",
+                                       "--wait-sites", "900"],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        port = bound_port(out, server.pid, lambda process=server: process.poll() is None)
+        clients = []
+        for site in sites:
+            (root / f"{site}.yaml").write_text(yaml.safe_dump({"data": {"source": "phantom", "site_id": site}}))
+            with (root / f"{site}.log").open("wb") as log:
+                clients.append(subprocess.Popen(
+                    [*fedrad, "client", "--kit", str(kits.sites[site]), "--data", str(root / f"{site}.yaml"),
+                     "--job", str(root / "job.yaml"), "--server", f"127.0.0.1:{port}", "--backoff-cap", "1"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))  # fmt: skip
         try:
-            server = federation.server(out, deadline_s=120)
-            for site in SITES:
-                federation.client(site)
-            summary = finish(federation, server, out, timeout_s=900)
+            if server.wait(timeout=3600) != 0:
+                raise SystemExit(f"the {name} server failed: {(root / 'server.log').read_text()[-2000:]}")
         finally:
-            federation.close()
+            for client in clients:
+                client.terminate()
+                client.wait()
+        summary = json.loads((out / "summary.json").read_text())
         rows.append(_row(name, summary, out, _round_times(out)))
     return rows
 
@@ -119,13 +187,13 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.job)
     config = config.model_copy(update={"train": config.train.model_copy(update={"rounds": args.rounds})})
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory(prefix="fedrad-bench-secagg-") as work:
         report(f"simulation: {args.job}, FedAvg, {args.rounds} rounds (plain, secure, secure, plain; medians "
                "over both runs' rounds; accuracy of the first run of each)", simulated(config, Path(work)))
         print(f"largest model difference after one round (the fixed point): {one_aggregation(config, Path(work)):.2e}")
         if args.grpc:
-            report(f"gRPC + mTLS, 3 client processes: the tiny test job, {args.rounds} rounds",
-                   deployed(args.rounds, Path(work)))
+            report(f"gRPC + mTLS, one client process per site: {args.job}, {args.rounds} rounds",
+                   deployed(config, Path(work)))
 
 
 if __name__ == "__main__":
