@@ -76,7 +76,9 @@ def test_a_client_killed_mid_round_is_dropped_and_rejoins(tmp_path: Path) -> Non
         out = federation.root / "run"
         # The dead client costs up to two deadlines (fit, evaluate); 30 s, not less: on a loaded machine the
         # live clients' first fit (torch warming up) took over 10 s, and a round 0 they missed failed this test.
-        server = federation.server(out, deadline_s=30)
+        # --gone-after 600: every later task of s3 waits its deadline, which is the time the restarted client
+        # has to come back (by default a site silent for 60 s is not waited for, and the job could end first).
+        server = federation.server(out, "--gone-after", "600", deadline_s=30)
         clients = {site: federation.client(site) for site in SITES}
         wait_for(lambda: (status(out).get("round") or 0) >= 1, 180, "round 0 to complete")
         clients["s3"].send_signal(signal.SIGKILL)  # no goodbye: the server only sees silence
