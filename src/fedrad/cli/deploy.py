@@ -119,10 +119,10 @@ def server(
     console.print(f"job {config.name}: hash {config.job_hash()}  (each site's admin approves this)")
     try:
         summary = ServerRun(config, kit, out, options, resume).run()
-    except FederationError as exc:  # a job that cannot make its task (fedbn on the tabular MLP): exit 2
-        raise _fail(str(exc)) from None
     except (DeployError, CheckpointError, KitError, OSError) as exc:
         raise _fail(str(exc), 1) from None
+    except (FederationError, ValueError) as exc:  # a job the server cannot run (fedbn on the tabular MLP, a
+        raise _fail(str(exc)) from None  # robust aggregator above strategy.robust_max_mb): exit 2
     console.print(f"done: {summary['rounds']} rounds, pooled {summary['pooled']}; results in {out}")
     _print_health(summary)
     code = exit_code(summary["status"], strict)
