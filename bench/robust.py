@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,11 @@ def measure(config, out: Path, sites) -> tuple[dict, float]:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary["rejected"] = sum(f["kind"] == "rejected" for line in lines for f in line["failures"])
     summary["notes"] = [note for line in lines for note in line["notes"]]
+    attacking = set((summary.get("attack") or {}).get("sites") or [])
+    norms = lines[0]["train"] if lines else {}  # round 0: every run starts from the same model
+    honest = sorted(m["update_norm"] for site, m in norms.items() if site not in attacking and "update_norm" in m)
+    hostile = [m["update_norm"] for site, m in norms.items() if site in attacking and "update_norm" in m]
+    summary["norm_ratio"] = max(hostile) / statistics.median(honest) if honest and hostile else None
     return summary, wall
 
 
@@ -83,6 +89,12 @@ def main() -> None:
           f"{job.strategy.krum_f}, trimmed_beta {job.strategy.trimmed_beta}, multikrum_m "
           f"{job.strategy.multikrum_m or 'n - f'}")  # fmt: skip
     print(f"baseline (fedavg, mean, no attack): pooled {METRIC} {base:.3f}  ({baseline_wall:.0f} s)")
+    most = max(args.attackers)
+    ratio = results[args.aggregators[0], most][0]["norm_ratio"]
+    if ratio is not None:
+        print(f"round 0, {most} attackers: the largest attacker's update norm is {ratio:.2f} x the honest median "
+              "(the norm is over every float entry, BatchNorm statistics included; the validator rejects above "
+              f"{job.validation.norm_multiplier} x the previous round's median)")
     header = " ".join(f"{f'{c} att.':>7}" for c in args.attackers)
     print(f"{'aggregator':>13} {header} {'cost':>6} {'drop@2':>6} {'rejected':>8} {'wall s':>6}  targets")
     table = {}

@@ -195,3 +195,19 @@ def test_two_sweeps_run_every_combination_and_the_report_plots_the_metric_agains
     assert "## Attacks: pooled balanced_accuracy against the number of attackers" in report
     assert "| fedavg median |" in report and (out / "attacks.png").stat().st_size > 0
     assert "![Pooled metric against the number of attackers](attacks.png)" in report
+
+
+@pytest.mark.parametrize(("sweeps", "message"), [
+    (["attack.sites=0,1", "attack.sites=2"], "error: --sweep attack.sites, attack.sites: a key is swept twice"),
+    (["attack.sites=0,1", "strategy.aggregator=mean,mode"],
+     "error: --sweep attack.sites=0 strategy.aggregator=mode: key 'strategy.aggregator': Input should be"),
+    (["attack.sites=0", "strategy.aggregator=krum,krum"],
+     "error: --sweep strategy.aggregator=krum,krum: a value is given twice (krum, krum)"),
+])  # fmt: skip
+def test_a_bad_point_of_a_two_key_sweep_is_one_line_naming_it_before_anything_runs(tmp_path, sweeps, message):
+    path, out = tmp_path / "job.yaml", tmp_path / "cmp"
+    path.write_text(yaml.safe_dump(tiny_job(attack={"kind": "sign_flip", "sites": 1})))
+    args = ["compare", str(path), "--methods", "fedavg", "--out", str(out)]
+    result = CliRunner().invoke(app, args + [a for s in sweeps for a in ("--sweep", s)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1 and not out.exists()

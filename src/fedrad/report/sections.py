@@ -122,8 +122,8 @@ def attacks(summaries: list[dict], metric: str) -> Section | None:
         free = by_count.get(0)
         drops = [free - v for k, v in by_count.items() if k and free is not None and v is not None]
         rows.append([name, *(_f(by_count.get(k)) for k in counts), _f(max(drops) if drops else None)])
-    first = next(s["attack"] for s in runs if s.get("attack"))
     most = max((s for s in runs if s.get("attack")), key=num_attackers)["attack"]
+    first = next((s["attack"] for s in runs if num_attackers(s)), most)  # an attacked run: the scale it applied
     scale = "the kind's default" if first.get("scale") is None else f"{first['scale']:g}"
     used = ", ".join(f"{v:.3g}" for v in first.get("scale_used") or []) or "n/a"
     note = (
