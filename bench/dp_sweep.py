@@ -1,6 +1,7 @@
 """What does local DP (DP-SGD at each site) cost a job, epsilon by epsilon, beside its no-DP baseline?
 
-Runs the job (default examples/phantom_dp.yaml) through the simulator's own machinery
+Runs the job (default examples/phantom_dp.yaml; `--job examples/phantom_dp_pretrained.yaml` for public
+pretraining and private fine-tuning of the head) through the simulator's own machinery
 (`fedrad.run.simulate.MethodRun`, `build_sites`), in this process: first without DP
 (`privacy: {mode: none}`, the same recipe otherwise: the baseline), then with
 `privacy: {mode: local, epsilon: E}` for each E (the job's delta and max_grad_norm; its
@@ -9,8 +10,9 @@ method. Prints, per run: epsilon, method, pooled balanced accuracy (and its diff
 same method without DP), the largest epsilon any site spent, the noise multipliers the sites
 calibrated (from metrics.jsonl's train metrics), the last round's mean training loss and the
 wall seconds. Each run's folder (summary.json, metrics.jsonl, model.safetensors, config.yaml)
-stays under --out, so `fedrad audit OUT/eps-8/fedavg` can attack it; the table is also written
-to OUT/sweep.json.
+stays under --out, so `fedrad audit OUT/eps-8/fedavg` can attack it (a job's `task.init` file is
+copied beside each run's config.yaml, where its relative path then points); the table is also
+written to OUT/sweep.json.
 
     python bench/dp_sweep.py [--job examples/phantom_dp.yaml] [--epsilons none 8 4 1]
                              [--methods fedavg cds] [--set train.lr=0.2 --set task.channels=[8,16]]
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -47,7 +50,13 @@ def with_overrides(job: JobConfig, pairs: list[str]) -> JobConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    return JobConfig.model_validate(data)
+    return _same_folder(JobConfig.model_validate(data), job)
+
+
+def _same_folder(config: JobConfig, job: JobConfig) -> JobConfig:
+    """`config` read from `job`'s folder: relative data.sites and task.init stay relative to the job YAML."""
+    config._folder = job._folder
+    return config
 
 
 def with_epsilon(job: JobConfig, epsilon: float | None) -> JobConfig:
@@ -59,7 +68,7 @@ def with_epsilon(job: JobConfig, epsilon: float | None) -> JobConfig:
     else:
         privacy |= {"mode": "local", "epsilon": float(epsilon), "noise_multiplier": None}
     data["privacy"] = privacy
-    return JobConfig.model_validate(data)
+    return _same_folder(JobConfig.model_validate(data), job)
 
 
 def parse_epsilon(text: str) -> float | str | None:
@@ -92,6 +101,10 @@ def measure(config: JobConfig, method: str, out: Path) -> dict:
     sites = build_sites(config)
     summary = MethodRun(config, method, out, sites).run()
     wall = time.perf_counter() - started
+    init = config.task.init_file(config._folder)
+    if init is not None and not config.task.init.is_absolute():  # for `fedrad audit OUT`: beside config.yaml
+        (out / config.task.init).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(init, out / config.task.init)
     spent = [s.get(EPSILON_SPENT, 0.0) for s in (summary.get("privacy") or {}).get("sites", {}).values()]
     return {
         "method": method,
@@ -134,8 +147,10 @@ def main() -> None:
     t = job.train
     print(
         f"\njob {args.job} {' '.join(args.overrides)}: rounds {t.rounds}, local_epochs {t.local_epochs}, "
-        f"batch {t.batch_size}, lr {t.lr}, channels {list(job.task.channels)}, "
+        f"batch {t.batch_size}, lr {t.lr}, channels {list(job.task.channels)}, norm {job.task.norm}, "
         f"max_grad_norm {job.privacy.max_grad_norm}, delta {job.privacy.delta:g}"
+        + (f", init {job.task.init} (sha256 {job.task.init_sha256[:12]}...)" if job.task.init else "")
+        + (f", frozen {list(job.task.freeze)}" if job.task.freeze else "")
     )
     print(f"{'epsilon':>7} {'method':>7} {'bal.acc':>7} {'vs none':>7} {'eps max':>7} {'loss':>6} {'wall s':>7}  noise")
     for r in rows:

@@ -23,7 +23,9 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -101,6 +103,40 @@ class TaskConfig(_Strict):
     # data.source 'sites' must set them (the server has no data, and two sites may see different labels).
     in_channels: int | None = Field(None, ge=1)  # image channels, or tabular features
     num_classes: int | None = Field(None, ge=2)  # classification and tabular
+    # The CNN's / UNet's normalisation: batch (BatchNorm) or group (GroupNorm, as Opacus' ModuleValidator.fix
+    # makes of each BatchNorm under local DP). With group the model is the same with and without local DP,
+    # so one `init` file serves both. The tabular MLP has no normalisation: it changes nothing there.
+    norm: Literal["batch", "group"] = "batch"
+    # Public pretraining, private fine-tuning (docs/privacy.md). `init`: a safetensors file of the model's
+    # initial weights, relative to the job YAML's folder (like data.sites); `init_sha256` its digest, which
+    # the job hash covers: a site's admin approves the content, not a path. Both or neither.
+    init: Path | None = None
+    init_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # Module-name prefixes ("features", "features.0", "head.bias") whose parameters no site trains; a prefix
+    # that matches no parameter of the built model is refused. Frozen BatchNorm keeps its running statistics.
+    freeze: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")], ...] = ()
+
+    @model_validator(mode="after")
+    def _init_with_its_digest(self) -> TaskConfig:
+        if (self.init is None) != (self.init_sha256 is None):
+            raise ValueError("task.init and task.init_sha256 go together: the file of initial weights and its "
+                             "sha256 (`sha256sum FILE`), which the job hash covers")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _new_keys_when_set(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """norm, init, init_sha256 and freeze left at their defaults are not written (config.yaml, the job
+        hash): a job that does not use them keeps the dump, and the hash, it had before them."""
+        data = handler(self)
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items()
+                if k not in ("norm", "init", "init_sha256", "freeze") or getattr(self, k) != fields[k].default}
+
+    def init_file(self, folder: Path | None) -> Path | None:
+        """`init` taken from `folder` (the job YAML's) when relative; None when the job has none."""
+        if self.init is None:
+            return None
+        return self.init if self.init.is_absolute() else (folder or Path()) / self.init
 
 
 class TrainConfig(_Strict):

@@ -28,6 +28,13 @@ probability q), which is what the accountant assumes. The rules:
    private gradient after the noise. `REFUSED` lists those that cannot work, refused at validation.
 7) Determinism: the batches and the noise come from generators seeded by the instruction's seed,
    so one instruction gives one reply, bit for bit (secure_mode, which forbids seeds, is off).
+8) Frozen parameters (`task.freeze`, e.g. a feature extractor pretrained on public data and named
+   by `task.init`): they are built with `requires_grad=False` and are not given to the optimizer, so
+   Opacus computes per-sample gradients of, clips and noises the trainable ones only (the clipping
+   norm is over those). Their values are public (the job's init), so freezing them costs no privacy;
+   the budget, the calibration and the accountant are unchanged, and the same noise is spread over
+   far fewer coordinates. The init file must be of the converted model (GroupNorm), or of a
+   `task.norm: group` model, which is the same with and without local DP.
 
 The training loop itself is `fedrad.site.training.private_epochs`, beside the non-private one.
 

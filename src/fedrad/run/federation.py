@@ -33,6 +33,7 @@ from fedrad.data.readers import SiteDataConfigError, Skipped, load_site_data
 from fedrad.privacy.local import LocalPrivacy, strategy_refusal
 from fedrad.strategies import registry
 from fedrad.tasks import ClassificationTask, Task
+from fedrad.tasks.base import ModelSpecError
 from fedrad.tasks.segmentation import SegmentationTask
 from fedrad.tasks.tabular import TabularTask
 
@@ -170,14 +171,29 @@ def build_task_for(config: JobConfig, sites: Sequence[SiteData] = ()) -> Task:
     must fit them; a deployed server (no sites) of a job reading site YAMLs needs them. A strategy
     the task kind cannot support (`strategy.name`, see `check_strategy`) is refused here, and so is one
     that local DP cannot run (`check_privacy`). With `privacy.mode: local` the task carries the job's
-    LocalPrivacy, so its model is converted for DP-SGD wherever it is built.
+    LocalPrivacy, so its model is converted for DP-SGD wherever it is built; it carries `task.norm` and
+    `task.freeze` likewise (a freeze prefix that matches no parameter, and fedbn with norm group, are
+    refused here, FederationError, one line). `task.init` is read by `fedrad.run.simulate.initial_weights`.
     """
     kind = resolve_kind(config, sites)
     check_strategy(config.strategy.name, kind)
     check_privacy(config)
+    if config.task.norm == "group" and config.strategy.name == "fedbn":
+        raise FederationError("strategy 'fedbn' cannot run with task.norm 'group': FedBN keeps BatchNorm at each "
+                              "site, and the model has none")  # fmt: skip
     task = _task_for(config, kind, sites)
     privacy = LocalPrivacy.from_config(config)  # local DP: the model converted alike at the server and every site
-    return task if privacy is None else dataclasses.replace(task, privacy=privacy)
+    # task.norm and task.freeze: the model built alike at the server and every site (fedrad.tasks.base.prepared)
+    task = dataclasses.replace(task, privacy=privacy, norm=config.task.norm, freeze=tuple(config.task.freeze))
+    if task.freeze:
+        import torch
+
+        try:
+            with torch.random.fork_rng():  # a probe: the global random state is left as it was
+                task.build_model()  # a prefix that matches nothing is refused before anything runs
+        except ModelSpecError as exc:
+            raise FederationError(str(exc)) from None
+    return task
 
 
 def check_privacy(config: JobConfig) -> None:

@@ -97,7 +97,7 @@ class ServerRun:
         noise_seed = central_dp.server_noise_seed(self.out) if self.config.privacy.mode == "central" else 0
         strategy = wrapped(self.config, strategy, sites, noise_seed)
         ledger, start, lines = Ledger(), 0, []
-        state = strategy.initial_state(initial_weights(task, self.config.seed), sites)
+        state = strategy.initial_state(initial_weights(task, self.config.seed, self.config), sites)
         if self.resume:
             start, state, lines = self._restore(ledger, method, job_hash)
         directory = RunDirectory(self.out, method, self.config.to_yaml())

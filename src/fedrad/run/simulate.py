@@ -119,10 +119,22 @@ def privacy_block(config: JobConfig, strategy: Strategy, records: Sequence[Round
     return privacy_summary(config, records)
 
 
-def initial_weights(task, seed: int):
-    """The one shared initialisation every method and every site starts from."""
+def initial_weights(task, seed: int, job: JobConfig | None = None):
+    """The one shared initialisation every method and every site starts from: the task's model seeded by
+    `seed`, or, when `job` has a `task.init` file (relative to its YAML's folder), that file's weights,
+    checked against its `task.init_sha256` and the model's names, shapes and dtypes (`fedrad.tasks.pretrained`;
+    a refusal is a FederationError, one line naming the file and the first mismatching tensor)."""
+    from fedrad.tasks.pretrained import InitError, read_init
+
     torch.manual_seed(seed)
-    return {k: v.copy() for k, v in model_weights(task.build_model()).items()}
+    weights = {k: v.copy() for k, v in model_weights(task.build_model()).items()}
+    path = None if job is None else job.task.init_file(job._folder)
+    if path is None:
+        return weights
+    try:
+        return read_init(path, job.task.init_sha256, like=weights)
+    except InitError as exc:
+        raise FederationError(str(exc)) from None
 
 
 @dataclass
@@ -184,7 +196,7 @@ class MethodRun:
             strategy, ctx, train_sites, [d.site_id for d in self.sites],
             strategy.num_rounds(self.config.train.rounds, train_sites), self.config.evaluation.every, on_round,
         )
-        state = strategy.initial_state(initial_weights(task, self.config.seed), train_sites)
+        state = strategy.initial_state(initial_weights(task, self.config.seed, self.config), train_sites)
         interrupted = False
         try:
             orchestrator.run(state)

@@ -3,6 +3,12 @@
 One function, `train_epochs`, serves every strategy; what differs is typed in the FitConfig
 (prox_mu, patience) or carried in the instruction (SCAFFOLD's server control variate). With local
 DP, `private_epochs` is its DP-SGD twin (Opacus; the rules are in `fedrad.privacy.local`).
+
+Frozen parameters (the job's `task.freeze`: built with `requires_grad=False`) are not trained by
+either: the optimizer gets the trainable parameters only (no step, no momentum, no weight decay on
+the others), FedProx's term and SCAFFOLD's correction apply to the trainable ones, and a BatchNorm
+whose parameters are all frozen stays in eval mode while the rest trains (`train_mode`), so its
+running statistics stay the ones it was given (a frozen feature extractor is a fixed function).
 """
 
 from __future__ import annotations
@@ -77,6 +83,23 @@ def params_of(model: nn.Module) -> Weights:
     return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
 
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters local training updates: those with `requires_grad` (task.freeze leaves the others)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """`model.train()`, except each BatchNorm whose parameters are all frozen, which stays in eval mode:
+    it normalises with, and keeps, the running statistics it was given."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parameters = list(module.parameters())
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
+    return model
+
+
 @torch.no_grad()
 def validation_loss(task, model: nn.Module, split: Split) -> float:
     model.eval()
@@ -100,15 +123,16 @@ def train_epochs(
     generator = torch.Generator().manual_seed(seed)
     inputs, targets = torch.from_numpy(split.inputs), torch.from_numpy(split.targets)
     lr = fit.lr_at(round)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
-    anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
+    params = trainable(model)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
+    anchor = [p.detach().clone() for p in params] if fit.prox_mu > 0 else None
     if scaffold is not None:
         scaffold.start, scaffold.lr = params_of(model), lr
     early = fit.patience is not None and val is not None and len(val) > 0
     best, best_state, since_best, epochs_run = float("inf"), None, 0, 0
     total, batches = 0.0, 0
     for _ in range(fit.epochs):
-        model.train()
+        train_mode(model)
         order = torch.randperm(len(inputs), generator=generator)
         for start in range(0, len(order), fit.batch_size):
             index = order[start : start + fit.batch_size]
@@ -116,14 +140,13 @@ def train_epochs(
                 continue
             loss = task.loss(model, inputs[index], targets[index])
             if anchor is not None:
-                loss = loss + 0.5 * fit.prox_mu * sum(
-                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
-                )
+                loss = loss + 0.5 * fit.prox_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if scaffold is not None:
                 for name, p in model.named_parameters():
-                    p.grad += scaffold.correction(name, p.grad)
+                    if p.requires_grad:  # a frozen parameter has no gradient, and no step to correct
+                        p.grad += scaffold.correction(name, p.grad)
                 scaffold.steps += 1
             optimizer.step()
             total, batches = total + float(loss.detach()), batches + 1
@@ -161,6 +184,7 @@ def private_epochs(
        noise) and the data (Poisson sampling), its accountant starting from this site's `history`.
     2) FedProx: mu * (w - w_global) is added to the noisy gradient, before the step.
     3) SCAFFOLD: c - c_i likewise.
+    4) Frozen parameters (task.freeze) get no per-sample gradient, no noise and no step.
     """
     from opacus import PrivacyEngine
 
@@ -168,11 +192,12 @@ def private_epochs(
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets),
                                          batch_size=fit.batch_size, generator=_generator(seed, 0))  # fmt: skip
     lr = fit.lr_at(round)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
-    anchor = [p.detach().clone() for p in model.parameters()] if fit.prox_mu > 0 else None
+    params = trainable(model)  # Opacus computes per-sample gradients, clips and noises these only
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=fit.momentum, weight_decay=fit.weight_decay)
+    anchor = [p.detach().clone() for p in params] if fit.prox_mu > 0 else None
     if scaffold is not None:
         scaffold.start, scaffold.lr = params_of(model), lr
-    model.train()  # Opacus wraps a model in training mode only
+    train_mode(model)  # Opacus wraps a model in training mode only
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure RNG off (seeded on purpose); full backward hooks on inputs
         engine = PrivacyEngine(accountant=privacy.accountant)
@@ -198,7 +223,7 @@ def _steps(task, model, batches, optimizer, fit: FitConfig, anchor, scaffold) ->
     """Every epoch's steps; the summed loss and the number of non-empty batches it was summed over."""
     total, counted = 0.0, 0
     for _ in range(fit.epochs):
-        model.train()
+        train_mode(model)
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(model, x, y)
@@ -206,7 +231,7 @@ def _steps(task, model, batches, optimizer, fit: FitConfig, anchor, scaffold) ->
             if not optimizer.pre_step():  # clip, add noise, account
                 continue
             with torch.no_grad():
-                for i, (name, p) in enumerate(model.named_parameters()):
+                for i, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if p.requires_grad):
                     if anchor is not None:
                         p.grad += fit.prox_mu * (p - anchor[i])
                     if scaffold is not None:

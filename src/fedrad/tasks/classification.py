@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrad.tasks.base import TaskKind
+from fedrad.tasks.base import Norm, TaskKind, prepared
 from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
 
 if TYPE_CHECKING:
@@ -54,10 +54,11 @@ class ClassificationTask:
     num_classes: int = 2
     channels: tuple[int, ...] = (16, 32, 64)
     privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
+    norm: Norm = "batch"  # task.norm: "group" builds GroupNorm where BatchNorm would be
+    freeze: tuple[str, ...] = ()  # task.freeze: module-name prefixes whose parameters are not trained
 
     def build_model(self) -> nn.Module:
-        model = SmallCNN(self.in_channels, self.num_classes, self.channels)
-        return model if self.privacy is None else self.privacy.convert(model)  # BatchNorm -> GroupNorm
+        return prepared(SmallCNN(self.in_channels, self.num_classes, self.channels), self)  # norm, DP, freeze
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(inputs), targets)

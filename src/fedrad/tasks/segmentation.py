@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrad.tasks.base import TaskKind
+from fedrad.tasks.base import Norm, TaskKind, prepared
 
 if TYPE_CHECKING:
     from fedrad.privacy.local import LocalPrivacy
@@ -115,12 +115,14 @@ class SegmentationTask:
     channels: tuple[int, ...] = (8, 16, 32)  # small on purpose: trains in minutes on a CPU
     num_res_units: int = 1
     privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
+    norm: Norm = "batch"  # task.norm: "group" builds GroupNorm where BatchNorm would be
+    freeze: tuple[str, ...] = ()  # task.freeze: module-name prefixes whose parameters are not trained
 
     def build_model(self) -> nn.Module:
         if len(self.channels) < 2:
             raise ValueError(f"segmentation needs at least two UNet levels, got channels {list(self.channels)}")
         model = StandardizedUNet(self.in_channels, tuple(self.channels), self.num_res_units)
-        return model if self.privacy is None else self.privacy.convert(model)
+        return prepared(model, self)  # task.norm, local DP's conversion, task.freeze
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         from monai.losses import DiceCELoss

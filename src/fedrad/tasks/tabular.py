@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrad.tasks.base import TaskKind
+from fedrad.tasks.base import Norm, TaskKind, prepared
 from fedrad.tasks.metrics import classification_metrics, classification_stats, empty_classification_stats
 
 if TYPE_CHECKING:
@@ -52,10 +52,12 @@ class TabularTask:
     num_classes: int = 2
     hidden: tuple[int, ...] = (32, 16)
     privacy: LocalPrivacy | None = None  # local DP on: the model is converted for per-sample gradients
+    norm: Norm = "batch"  # task.norm: "group" builds GroupNorm where BatchNorm would be
+    freeze: tuple[str, ...] = ()  # task.freeze: module-name prefixes whose parameters are not trained
 
     def build_model(self) -> nn.Module:
         model = MLP(self.num_features, self.num_classes, tuple(self.hidden))
-        return model if self.privacy is None else self.privacy.convert(model)
+        return prepared(model, self)  # local DP's conversion, task.freeze (no normalisation to change)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(inputs), targets)
