@@ -203,3 +203,28 @@ def test_the_committed_example_starts_from_its_committed_file():
     assert np.array_equal(start["head.weight"], seeded["head.weight"])  # the head: the job's seeded init
     assert not np.array_equal(start["features.0.weight"], seeded["features.0.weight"])  # pretrained
     assert [n for n, p in task.build_model().named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+
+
+def test_fedrad_run_refuses_a_bad_init_or_freeze_in_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedrad.cli import app
+
+    job = tiny_job()
+    weights = _pretrained(job)
+    _write_job(tmp_path, job, {n: a for n, a in weights.items() if n != "head.bias"})  # a tensor short
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "init.safetensors" in result.output and "head.bias" in result.output
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**job, "task": {**job["task"], "freeze": ["nothing.here"]}}))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run2")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "nothing.here" in result.output
+
+
+def test_an_init_file_of_a_batchnorm_model_keeps_its_0_d_counters(tmp_path):
+    job = tiny_job()  # task.norm batch: num_batches_tracked entries are 0-d
+    weights = _pretrained(job)
+    config = _write_job(tmp_path, job, weights)
+    start = initial_weights(build_task(config, build_sites(config)), config.seed, config)
+    assert all(start[k].shape == weights[k].shape and np.array_equal(start[k], weights[k]) for k in weights)

@@ -55,6 +55,10 @@ def load_run(run_dir: Path) -> tuple[JobConfig, list, dict]:
         what = "real data cannot be regenerated" if config.data.source == "sites" else "not supported yet"
         raise mia.AuditError(f"{config_path}: data.source '{config.data.source}': the audit needs a phantom "
                          f"classification job, whose generator gives members and non-members ({what})")  # fmt: skip
+    init = config.task.init_file(config_path.parent)
+    if init is not None and not init.is_file():  # the references retrain from it, as the run did
+        raise mia.AuditError(f"{config_path}: key 'task.init': {init} not found; the audit trains its reference "
+                             "models from that file as the run did: copy it into the run folder")
     if config.strategy.name in UNSUPPORTED:
         raise mia.AuditError(f"{config_path}: strategy '{config.strategy.name}' is not supported: "
                          f"{UNSUPPORTED[config.strategy.name]}")  # fmt: skip

@@ -25,7 +25,7 @@ from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.report.comparison import method_header, method_rows, primary_metric, site_rows, write_comparison
 from fedrad.report.sections import run_name
 from fedrad.run.federation import FederationError, check_privacy, check_strategy, resolve_kind
-from fedrad.run.simulate import MethodRun, build_sites, build_task, check_robust_and_attack
+from fedrad.run.simulate import MethodRun, build_sites, build_task, check_robust_and_attack, initial_weights
 from fedrad.run.summary import exit_code, worst
 from fedrad.server.evaluation import summarize
 from fedrad.server.results import atomic_write
@@ -61,6 +61,10 @@ def _sites(config: JobConfig, methods: list[str], sites: list | None = None) -> 
             check_strategy(method, kind)
             check_robust_and_attack(config, method, sites)  # an aggregator it cannot wrap, an attack too large
             check_privacy(for_strategy(config, method))  # local or central DP: a strategy it cannot run
+            job = for_strategy(config, method)
+            task = build_task(job, sites)  # task.freeze: a prefix that matches nothing
+            if job.task.init is not None:  # task.init: the file, its digest and its fit to the model
+                initial_weights(task, job.seed, job)
         return sites
     except FederationError as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -78,7 +78,8 @@ def init_bytes(weights: Mapping[str, np.ndarray], metadata: Mapping[str, object]
     """A `task.init` file's bytes: safetensors of `weights` with `metadata` as one JSON string (key
     "fedrad", keys sorted: the library writes several metadata keys in no fixed order). The same
     arrays and metadata give the same bytes."""
-    arrays = {name: np.ascontiguousarray(weights[name]) for name in sorted(weights)}
+    # np.require, not np.ascontiguousarray: the latter makes a 0-d entry (num_batches_tracked) 1-d
+    arrays = {name: np.require(np.asarray(weights[name]), requirements="C") for name in sorted(weights)}
     header = {"fedrad": json.dumps(dict(metadata), sort_keys=True)} if metadata else None
     return save(arrays, metadata=header)
 
