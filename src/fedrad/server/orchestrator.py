@@ -189,27 +189,26 @@ class Orchestrator:
     def _prepare(self, round: int, state: ServerState, asked: list[FitTask], channel: PhaseChannel,
                  notes: list[str]) -> list[FitTask]:
         """The strategy's phases before the fits; no task when it aborts the round (the reason in `notes`)."""
-        try:
-            return self.strategy.prepare(round, state, asked, channel)
-        except RoundAborted as exc:
-            log.warning("%s", exc)
-            notes.append(one_line(str(exc), 400))
-        except Exception as exc:  # a server bug: this round fails, not the run
-            log.exception("round %d: the phases before the fits failed", round)
-            notes.append(f"round {round}: the phases before the fits failed ({_one_line(exc)}); "
-                         "the round kept the previous model")
-        return []
+        tasks: list[FitTask] = []
+        notes += self._phases(round, "before", lambda: tasks.extend(self.strategy.prepare(round, state, asked,
+                                                                                          channel)))  # fmt: skip
+        return [] if notes else tasks
 
     def _settle(self, round: int, fold: Fold | None, channel: PhaseChannel) -> list[str]:
         """The strategy's phases after the fits (unmasking); a note when the round cannot be completed."""
+        return self._phases(round, "after", lambda: self.strategy.settle(round, fold, channel))
+
+    def _phases(self, round: int, when: str, run: Callable[[], object]) -> list[str]:
+        """`run` the strategy's phases; the round's note if it aborted (RoundAborted) or raised (a server bug:
+        this round fails, not the run)."""
         try:
-            self.strategy.settle(round, fold, channel)
+            run()
         except RoundAborted as exc:
             log.warning("%s", exc)
             return [one_line(str(exc), 400)]
         except Exception as exc:
-            log.exception("round %d: the phases after the fits failed", round)
-            return [f"round {round}: the phases after the fits failed ({_one_line(exc)}); "
+            log.exception("round %d: the phases %s the fits failed", round, when)
+            return [f"round {round}: the phases {when} the fits failed ({_one_line(exc)}); "
                     "the round kept the previous model"]
         return []
 
