@@ -349,7 +349,8 @@ def _describe(error: ValidationError, path: Path) -> str:
 def load_config(path: str | Path) -> JobConfig:
     """Read and validate a job YAML; raise ConfigError with one line naming the file and key."""
     path = Path(path)
-    raw = read_yaml_mapping(path, ConfigError, empty_ok=True)
+    raw = read_yaml_mapping(path, ConfigError, mapping_hint="must be a mapping of job keys (an empty file is no "
+                            "job: examples/phantom.yaml is one)")  # fmt: skip
     try:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:

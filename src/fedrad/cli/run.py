@@ -31,7 +31,24 @@ from fedrad.server.evaluation import summarize
 from fedrad.server.results import atomic_write
 from fedrad.strategies import registry
 
-app = typer.Typer(add_completion=False, help="Federated learning for medical imaging.", no_args_is_help=True)
+app = typer.Typer(add_completion=False, help="Federated learning for medical imaging.", no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fedrad import __version__
+
+        print(f"fedrad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print fedrad's version and exit")] = False,  # fmt: skip
+) -> None:
+    """Federated learning for medical imaging."""
 # Piped output (make demo under CI, a log file) gets a width that fits the tables instead of 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

@@ -1,0 +1,32 @@
+"""The command line never surprises: a job YAML with a key given twice or no keys at all is refused in one
+line (exit 2), and `fedrad --version` and `-h` answer."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fedrad import __version__
+from fedrad.cli import app
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: a\ntrain: {rounds: 2}\ntrain: {rounds: 3}\n",
+     "line 3: not valid YAML: key 'train' is given twice (first on line 2)"),
+    ("train:\n  rounds: 2\n  lr: 0.1\n  rounds: 4\n",
+     "line 4: not valid YAML: key 'rounds' is given twice (first on line 2)"),
+    ("", "the top level must be a mapping of job keys (an empty file is no job"),
+])  # fmt: skip
+def test_a_job_with_a_key_twice_or_no_keys_is_refused_in_one_line(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists()  # nothing trained
+
+
+def test_version_and_short_help():
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"fedrad {__version__}"
+    short = CliRunner().invoke(app, ["-h"])
+    assert short.exit_code == 0 and "run" in short.output and "compare" in short.output
