@@ -30,3 +30,16 @@ def test_version_and_short_help():
     assert version.exit_code == 0 and version.output.strip() == f"fedrad {__version__}"
     short = CliRunner().invoke(app, ["-h"])
     assert short.exit_code == 0 and "run" in short.output and "compare" in short.output
+
+
+@pytest.mark.parametrize("command", [["run", "JOB"], ["compare", "JOB", "--methods", "fedavg"],
+                                     ["server", "--job", "JOB", "--kit", "KIT"]])  # fmt: skip
+def test_out_naming_an_existing_file_is_a_usage_error_not_a_traceback(tmp_path, command):
+    (tmp_path / "job.yaml").write_text("name: a\n")
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's notes\n")
+    args = [str(tmp_path / "job.yaml") if a == "JOB" else str(tmp_path) if a == "KIT" else a for a in command]
+    result = CliRunner().invoke(app, [*args, "--out", str(taken)])
+    said = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and "is a file, not a results folder" in said, result.output
+    assert taken.read_text() == "someone's notes\n"

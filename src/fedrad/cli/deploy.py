@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedrad.cli.options import results_folder
 from fedrad.config import ConfigError, JobConfig, load_config
 from fedrad.pki.kits import KitError
 from fedrad.pki.provision import ProvisionError
@@ -77,7 +78,8 @@ def provision(
 def server(
     job: Annotated[Path, typer.Option(help="the job YAML every site approved")],
     kit: Folder,
-    out: Annotated[Path, typer.Option("--out", help="results folder: metrics, model, checkpoint, status")],
+    out: Annotated[Path, typer.Option("--out", help="results folder: metrics, model, checkpoint, status",
+                                      callback=results_folder)],
     resume: Annotated[bool, typer.Option(help="continue after the last checkpointed round in OUT")] = False,
     bind: Annotated[str | None, typer.Option(help="host:port to listen on (default all interfaces, kit port)")] = None,
     deadline: Annotated[float, typer.Option(help="seconds a round waits for replies")] = 600.0,

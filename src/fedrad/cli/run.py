@@ -21,6 +21,7 @@ from rich.table import Table
 from fedrad.cli.audit import register as register_audit_commands
 from fedrad.cli.data import register as register_data_commands
 from fedrad.cli.deploy import register as register_deploy_commands
+from fedrad.cli.options import results_folder
 from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.report.comparison import method_header, method_rows, primary_metric, site_rows, write_comparison
 from fedrad.report.sections import run_name
@@ -53,7 +54,7 @@ def _main(
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="job YAML")]
-OutOption = Annotated[Path, typer.Option("--out", help="results folder")]
+OutOption = Annotated[Path, typer.Option("--out", help="results folder", callback=results_folder)]
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="exit 3 when a run is degraded (a failed run always exits 4)")
 ]
