@@ -43,3 +43,18 @@ def test_out_naming_an_existing_file_is_a_usage_error_not_a_traceback(tmp_path, 
     said = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and "is a file, not a results folder" in said, result.output
     assert taken.read_text() == "someone's notes\n"
+
+
+def test_run_and_compare_end_by_saying_where_their_results_are(tmp_path):
+    import yaml
+
+    from tests.tiny import tiny_job
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(tiny_job()))
+    ran = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 0 and f"results in {tmp_path / 'run'}" in " ".join(ran.output.split())
+    compared = CliRunner().invoke(app, ["compare", str(tmp_path / "job.yaml"), "--methods", "fedavg",
+                                        "--out", str(tmp_path / "cmp")])  # fmt: skip
+    said = " ".join(compared.output.split())
+    assert compared.exit_code == 0 and f"report: {tmp_path / 'cmp' / 'report.html'}" in said, compared.output
+    assert "curves.png" in said

@@ -313,6 +313,7 @@ def run(config_path: ConfigArg, out: OutOption, strict: StrictOption = False) ->
         errors.print(f"interrupted: completed rounds are in {out}")
         raise typer.Exit(130) from None
     console.print(_results_table("result", [summary]))
+    console.print(f"results in {out}: summary.json, metrics.jsonl, model.safetensors, config.yaml")
     _print_health([summary])
     code = exit_code(summary["status"], strict)
     if code:
@@ -373,7 +374,9 @@ def compare(
     console.print(_results_table("methods", summaries))
     site_header, rows = site_rows(summaries)
     console.print(_table(f"per-site {primary_metric(summaries).replace('_', ' ')}", site_header, rows))
-    console.print(f"report: {out / 'report.md'}")
+    figures = sorted(p.name for p in out.glob("*.png"))
+    console.print(f"report: {out / 'report.html'} (self-contained) and {out / 'report.md'}; figures in {out}: "
+                  f"{', '.join(figures) or 'none'}; each method's run folder: {out}/METHOD")
     _print_health(summaries)
     code = exit_code(worst(s["status"] for s in summaries), strict)
     if code:
