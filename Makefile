@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedrad compare examples/phantom.yaml --methods fedavg,cds,local --out runs/demo
+	$(BIN)/fedrad compare examples/phantom.yaml --methods fedavg,cds,local --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -58,3 +58,27 @@ def test_run_and_compare_end_by_saying_where_their_results_are(tmp_path):
     said = " ".join(compared.output.split())
     assert compared.exit_code == 0 and f"report: {tmp_path / 'cmp' / 'report.html'}" in said, compared.output
     assert "curves.png" in said
+
+
+def test_a_results_folder_is_never_overwritten_without_overwrite(tmp_path):
+    import yaml
+
+    from fedrad.pki.provision import ProjectSpec, provision
+    from tests.tiny import tiny_job
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_job()))
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, ["run", str(job), "--out", str(out)]).exit_code == 0
+    before = (out / "metrics.jsonl").read_text()
+    again = CliRunner().invoke(app, ["run", str(job), "--out", str(out)])
+    assert again.exit_code == 2 and "holds an earlier run's results" in again.output and "--overwrite" in again.output
+    assert (out / "metrics.jsonl").read_text() == before  # untouched
+    compare = CliRunner().invoke(app, ["compare", str(job), "--methods", "fedavg", "--out", str(tmp_path)])
+    assert compare.exit_code == 2, compare.output  # run/metrics.jsonl is a method folder's results
+    kits = provision(ProjectSpec(name="guard", sites=("s1", "s2", "s3")), tmp_path / "kits")
+    server = CliRunner().invoke(app, ["server", "--job", str(job), "--kit", str(kits.server), "--out", str(out)])
+    assert server.exit_code == 2 and "--resume continues it" in server.output, server.output
+    assert (out / "metrics.jsonl").read_text() == before
+    replaced = CliRunner().invoke(app, ["run", str(job), "--out", str(out), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output

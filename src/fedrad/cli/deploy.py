@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedrad.cli.options import results_folder
+from fedrad.cli.options import OverwriteOption, refuse_overwrite, results_folder
 from fedrad.config import ConfigError, JobConfig, load_config
 from fedrad.pki.kits import KitError
 from fedrad.pki.provision import ProvisionError
@@ -81,6 +81,7 @@ def server(
     out: Annotated[Path, typer.Option("--out", help="results folder: metrics, model, checkpoint, status",
                                       callback=results_folder)],
     resume: Annotated[bool, typer.Option(help="continue after the last checkpointed round in OUT")] = False,
+    overwrite: Annotated[bool, OverwriteOption] = False,
     bind: Annotated[str | None, typer.Option(help="host:port to listen on (default all interfaces, kit port)")] = None,
     deadline: Annotated[float, typer.Option(help="seconds a round waits for replies")] = 600.0,
     min_sites: Annotated[
@@ -110,6 +111,8 @@ def server(
     from fedrad.server.checkpoint import CheckpointError
 
     config = _job(job)
+    if not resume:
+        refuse_overwrite(out, overwrite, "--resume continues it, ")
     _logging()
     quorum = min_sites if min_sites is not None else config.strategy.default_quorum()
     if gone_after is not None and not gone_after > poll:  # an idle site polls every --poll seconds

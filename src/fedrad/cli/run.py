@@ -21,7 +21,7 @@ from rich.table import Table
 from fedrad.cli.audit import register as register_audit_commands
 from fedrad.cli.data import register as register_data_commands
 from fedrad.cli.deploy import register as register_deploy_commands
-from fedrad.cli.options import results_folder
+from fedrad.cli.options import OverwriteOption, refuse_overwrite, results_folder
 from fedrad.config import ConfigError, JobConfig, for_strategy, load_config
 from fedrad.report.comparison import method_header, method_rows, primary_metric, site_rows, write_comparison
 from fedrad.report.sections import run_name
@@ -302,11 +302,14 @@ def _with_sweep(run_dir: Path, summary: dict, point: SweepPoint | None) -> dict:
 
 
 @app.command()
-def run(config_path: ConfigArg, out: OutOption, strict: StrictOption = False) -> None:
+def run(config_path: ConfigArg, out: OutOption, strict: StrictOption = False,
+        overwrite: Annotated[bool, OverwriteOption] = False) -> None:
     """Run the configured strategy on the configured sites; write the results contract to OUT.
 
-    Exit status: 0 ok; 3 degraded with --strict (0 without); 4 failed; 2 a bad config or data; 130 Ctrl-C."""
+    Exit status: 0 ok; 3 degraded with --strict (0 without); 4 failed; 2 a bad config or data, or OUT
+    holding an earlier run's results without --overwrite; 130 Ctrl-C."""
     config = _load(config_path)
+    refuse_overwrite(out, overwrite)
     try:
         summary = _run_method(config, config.strategy.name, out, _sites(config, [config.strategy.name]))
     except KeyboardInterrupt:
@@ -336,6 +339,7 @@ def compare(
                      "in OUT/METHOD@sites=1@aggregator=median); attack.sites=0 is no attack"),
     ] = None,
     strict: StrictOption = False,
+    overwrite: Annotated[bool, OverwriteOption] = False,
 ) -> None:
     """Run several methods on the same sites, seed and budget; write comparison.json and report.md.
 
@@ -349,6 +353,7 @@ def compare(
     one line per defence (method and strategy.aggregator). Exits with the worst of the runs'
     statuses (as `fedrad run`), after writing the comparison and the report."""
     config = _load(config_path)
+    refuse_overwrite(out, overwrite)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in registry.names()]
     if unknown or not chosen:
