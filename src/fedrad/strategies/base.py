@@ -122,6 +122,18 @@ def fold_all(fold: Fold, results: Sequence[FitResult]) -> ServerState:
     return fold.finish()
 
 
+# The strategies whose round is a (weighted) mean of the sites' models: what central DP, robust aggregation
+# and secure aggregation can replace by their own aggregate (each says why it refuses the others).
+AVERAGING = frozenset({"fedavg", "fedprox", "fedbn", "fedavgm", "fedadam"})
+
+
+def from_one_reply(strategy: Strategy, round: int, state: ServerState, reply: FitResult) -> ServerState:
+    """The next state `strategy` makes of `reply` as the round's only result: how a wrapper hands its inner
+    strategy the aggregate it computed itself (FedAvg takes it as the model, FedAvgM / FedAdam step along it)."""
+    fold = strategy.begin(round, state)
+    return fold_all(fold, [reply]) if fold is not None else strategy.aggregate(round, state, [reply])
+
+
 class Strategy(ABC):
     """What to ask of which sites (`configure`) and how to combine the replies; the orchestrator calls
     only what this class declares, and every optional part has its default here:

@@ -50,11 +50,19 @@ import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
 
-from fedrad.strategies.base import GLOBAL, FitResult, FitTask, ServerState, Strategy, StrategyWrapper, fold_all
+from fedrad.strategies.base import (
+    AVERAGING,
+    GLOBAL,
+    FitResult,
+    FitTask,
+    ServerState,
+    Strategy,
+    StrategyWrapper,
+    from_one_reply,
+)
 from fedrad.types import Weights
 
 TAG = 0x44505F4E  # "DP_N": keeps the noise stream apart from FedAvg's site sampling, default_rng([seed, round])
-AVERAGING = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedbn"})
 REFUSED = {
     "cds": "pools every hospital's raw data in one place; there is no per-site update to clip",
     "local": "trains each site alone; the server aggregates nothing to add noise to (use privacy.mode local)",
@@ -202,9 +210,7 @@ class ClippedNoisyMean:
             if name.endswith("running_var"):
                 value = np.maximum(value, 0.0)
             model[name] = value.astype(start.dtype)
-        reply = FitResult("central-dp", model, 1)
-        fold = self.dp.inner.begin(self.round, self.state)
-        return fold_all(fold, [reply]) if fold is not None else self.dp.inner.aggregate(self.round, self.state, [reply])
+        return from_one_reply(self.dp.inner, self.round, self.state, FitResult("central-dp", model, 1))
 
 
 def wrap(strategy: Strategy, privacy: Any, sites: Sequence[str], rounds: int, seed: int) -> CentralDP:

@@ -37,11 +37,20 @@ from typing import Any
 
 from fedrad.strategies import aggregate
 from fedrad.strategies.aggregate import WeightedSum
-from fedrad.strategies.base import GLOBAL, FitResult, Fold, ServerState, Strategy, StrategyWrapper, fold_all
+from fedrad.strategies.base import (
+    AVERAGING,
+    GLOBAL,
+    FitResult,
+    Fold,
+    ServerState,
+    Strategy,
+    StrategyWrapper,
+    fold_all,
+    from_one_reply,
+)
 from fedrad.types import Weights
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
-AVERAGING = frozenset({"fedavg", "fedprox", "fedbn", "fedavgm", "fedadam"})
 REFUSED = {
     "scaffold": "also aggregates each site's control variate, whose robust aggregation is not built",
     "swt": "hands one model from site to site; there is no mean of updates to replace",
@@ -155,9 +164,7 @@ class RobustAggregation(StrategyWrapper):
 
     def inner_step(self, round: int, state: ServerState, combined: Weights) -> ServerState:
         """The inner strategy's next state from `combined` as its one reply (FedAvgM / FedAdam step along it)."""
-        reply = FitResult("robust-aggregate", combined, 1)
-        fold = self.inner.begin(round, state)
-        return fold_all(fold, [reply]) if fold is not None else self.inner.aggregate(round, state, [reply])
+        return from_one_reply(self.inner, round, state, FitResult("robust-aggregate", combined, 1))
 
 
 class BoundedFold:

@@ -29,6 +29,7 @@ from fedrad.secagg import crypto, masking
 from fedrad.secagg.participant import SecAggSettings
 from fedrad.secagg.protocol import RoundProtocol
 from fedrad.strategies.base import (
+    AVERAGING,
     GLOBAL,
     Channel,
     FitResult,
@@ -38,20 +39,19 @@ from fedrad.strategies.base import (
     ServerState,
     Strategy,
     StrategyWrapper,
-    fold_all,
+    from_one_reply,
 )
 from fedrad.types import RoundAborted, Weights
 
-WRAPS = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedbn"})
 SECURE = "secure-aggregation"  # the site id of the one result the inner strategy folds
 
 
 def refusal(name: str) -> str | None:
     """Why secure aggregation cannot wrap strategy `name` (one line), or None."""
-    if name in WRAPS:
+    if name in AVERAGING:
         return None
     return (f"secure_aggregation cannot wrap strategy {name!r}: only the averaging strategies "
-            f"({', '.join(sorted(WRAPS))}) reduce to a sum the masks can hide")
+            f"({', '.join(sorted(AVERAGING))}) reduce to a sum the masks can hide")
 
 
 class SecureAggregation(StrategyWrapper):
@@ -131,10 +131,8 @@ class SecureSum:
         mean = weighted * (self.protocol.total_examples / self.examples)  # sum of (n_u / W) d_u, W: the survivors'
         model: Weights = {n: a.copy() for n, a in self.start.items() if n not in self.keep_local}  # integer counters
         model |= masking.apply(self.start, self.layout.split(mean), self.layout)
-        reply = FitResult(SECURE, model, 1)  # what a site would reply: the sent entries it does not keep
-        inner = self.wrapper.inner
-        fold = inner.begin(self.round, self.state)
-        return fold_all(fold, [reply]) if fold is not None else inner.aggregate(self.round, self.state, [reply])
+        # what a site would reply: the sent entries it does not keep
+        return from_one_reply(self.wrapper.inner, self.round, self.state, FitResult(SECURE, model, 1))
 
 
 def wrap(strategy: Strategy, settings: SecAggSettings) -> SecureAggregation:
