@@ -35,7 +35,7 @@ from fedrad.server.validation import UpdateValidator
 from fedrad.site.handler import Site, model_weights
 from fedrad.site.state import SiteStateFile
 from fedrad.strategies import central_dp, registry, robust, secure_agg
-from fedrad.strategies.base import GLOBAL, ServerState, Strategy, StrategyWrapper
+from fedrad.strategies.base import ServerState, Strategy, StrategyWrapper, planned_sites
 from fedrad.strategies.baselines import POOLED
 from fedrad.transport import InProcessTransport
 from fedrad.types import DataKind
@@ -92,9 +92,8 @@ def with_secure_aggregation(config: JobConfig, strategy: Strategy, sites: Sequen
     if settings is None:
         return strategy
     check_secure_aggregation(for_strategy(config, strategy.name))
-    probe = ServerState(models={GLOBAL: {}})  # configure only samples; the weights it passes on are not read
     rounds = strategy.num_rounds(config.train.rounds, sites)
-    asked = sorted({len(strategy.configure(r, probe, sites)) for r in range(rounds)})
+    asked = sorted({len(plan) for plan in planned_sites(strategy, sites, rounds)})
     for count in asked:
         t = settings.threshold_for(count)
         if not count // 2 < t <= count:

@@ -259,3 +259,10 @@ class StrategyWrapper(Strategy):
 
     def combine_outputs(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         return self.inner.combine_outputs(outputs)
+
+
+def planned_sites(strategy: Strategy, sites: Sequence[str], rounds: int) -> list[list[str]]:
+    """The sites each of the first `rounds` rounds asks, before anything runs: `configure` only samples (from
+    the seed and the round), so it is asked with an empty model, whose weights it passes on unread."""
+    probe = ServerState(models={GLOBAL: {}})
+    return [[t.site_id for t in strategy.configure(r, probe, sites)] for r in range(rounds)]

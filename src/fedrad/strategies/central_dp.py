@@ -59,6 +59,7 @@ from fedrad.strategies.base import (
     Strategy,
     StrategyWrapper,
     from_one_reply,
+    planned_sites,
 )
 from fedrad.types import Weights
 
@@ -223,8 +224,7 @@ def wrap(strategy: Strategy, privacy: Any, sites: Sequence[str], rounds: int, se
         raise ValueError(why)
     if rounds < 1:
         raise ValueError(f"privacy: central DP needs at least one planned round, got {rounds}")
-    probe = ServerState(models={GLOBAL: {}})  # configure only samples; the weights it passes on are not read
-    plan = [[t.site_id for t in strategy.configure(r, probe, sites)] for r in range(rounds)]
+    plan = planned_sites(strategy, sites, rounds)
     most = max(sum(s in asked for asked in plan) for s in sites)
     z = privacy.noise_multiplier or calibrate(privacy.epsilon, privacy.delta, most, privacy.accountant)
     return CentralDP(strategy, plan, privacy.max_grad_norm, z, privacy.delta, seed, privacy.accountant, privacy.epsilon)
